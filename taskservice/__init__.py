@@ -1,0 +1,1 @@
+"""taskservice: a durable HTTP task queue that runs at most two tasks at once."""

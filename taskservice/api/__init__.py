@@ -1,0 +1,71 @@
+"""The HTTP API: flask-smorest blueprints, JSON errors and the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, send_from_directory
+from flask import Blueprint as FlaskBlueprint
+from flask_smorest import Api as SmorestApi
+from swagger_ui_bundle import swagger_ui_path
+from werkzeug.exceptions import HTTPException
+
+from taskservice.api import health, tasks
+
+SWAGGER_UI_ASSETS = "/docs/assets/"
+
+API_SETTINGS: dict[str, Any] = {
+    "API_TITLE": "taskservice",
+    "API_VERSION": "1.0",
+    "OPENAPI_VERSION": "3.1.0",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    # Served by this app from the swagger-ui-bundle package: no CDN, so the
+    # docs work on a machine without internet.
+    "OPENAPI_SWAGGER_UI_URL": SWAGGER_UI_ASSETS,
+    "API_SPEC_OPTIONS": {
+        "info": {
+            "description": "Create tasks, poll their status and timings; at most two run at once."
+        }
+    },
+}
+
+
+class Api(SmorestApi):
+    """flask-smorest's Api whose every error carries a message."""
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        """Answer any HTTP error as JSON `{code, status, message[, errors]}`."""
+        payload, code, headers = super().handle_http_exception(error)
+        if "errors" in payload and "message" not in payload:
+            payload["message"] = _INVALID_INPUT.get(code, error.description)
+        payload.setdefault("message", error.description)
+        return payload, code, headers
+
+
+# Messages for webargs' validation errors, whose details are in "errors".
+_INVALID_INPUT = {
+    400: "The body is not valid JSON.",
+    422: "Some input is invalid; 'errors' names each field and what is wrong with it.",
+}
+
+
+swagger_assets = FlaskBlueprint("swagger_assets", __name__)
+
+
+@swagger_assets.get(f"{SWAGGER_UI_ASSETS}<path:filename>")
+def swagger_asset(filename: str) -> Response:
+    """Swagger UI's scripts and styles."""
+    return send_from_directory(swagger_ui_path, filename, max_age=86_400)
+
+
+def init_app(app: Flask) -> Api:
+    """Register the API's blueprints, error handlers and docs on `app`."""
+    for key, value in API_SETTINGS.items():
+        app.config.setdefault(key, value)
+    api = Api(app)
+    api.register_blueprint(tasks.blp)
+    api.register_blueprint(health.blp)
+    app.register_blueprint(swagger_assets)
+    return api

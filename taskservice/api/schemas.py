@@ -1,0 +1,93 @@
+"""The shapes of requests and answers, validated and documented by marshmallow."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from taskservice.models import NAME_MAX_LENGTH, TaskPriority, TaskStatus
+
+MAX_DURATION = 3600
+
+
+def _random_duration() -> int:
+    # The task body of the specification: time.sleep(random.randint(0, 10)).
+    return random.randint(0, 10)
+
+
+class StrictFloat(fields.Float):
+    """A JSON number; unlike fields.Float it refuses numeric strings like "5"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class TaskCreateSchema(Schema):
+    """The body of POST /tasks; every field is optional."""
+
+    name = fields.String(
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(min=1, max=NAME_MAX_LENGTH),
+        metadata={"description": "A human-readable name.", "example": "nightly report"},
+    )
+    duration = StrictFloat(
+        allow_nan=False,
+        load_default=_random_duration,
+        validate=validate.Range(min=0, max=MAX_DURATION),
+        metadata={
+            "description": "Seconds the task runs; a random whole number from 0 to 10 if omitted.",
+            "example": 3,
+        },
+    )
+    priority = fields.Enum(
+        TaskPriority,
+        by_value=True,
+        load_default=TaskPriority.MEDIUM,
+        metadata={"description": "Higher priority runs first, then first come first served."},
+    )
+
+
+class TaskSchema(Schema):
+    """A task as clients see it."""
+
+    id = fields.Integer(metadata={"description": "The task's number."})
+    name = fields.String(allow_none=True)
+    priority = fields.Enum(TaskPriority, by_value=True)
+    duration = fields.Float(metadata={"description": "Seconds the task runs."})
+    status = fields.Enum(TaskStatus, by_value=True)
+    create_time = fields.AwareDateTime(metadata={"description": "When it was created (UTC)."})
+    start_time = fields.AwareDateTime(
+        allow_none=True, metadata={"description": "When its current attempt started."}
+    )
+    time_to_execute = fields.Float(
+        attribute="exec_time",
+        allow_none=True,
+        metadata={"description": "Seconds its run took; null until it has finished."},
+    )
+    finish_time = fields.AwareDateTime(allow_none=True)
+    error = fields.String(allow_none=True, metadata={"description": "Why it failed."})
+    attempts = fields.Integer(
+        metadata={"description": "How many times it was started; more than 1 after a crash."}
+    )
+
+
+class TaskFilterSchema(Schema):
+    """The filters of GET /tasks."""
+
+    status = fields.Enum(TaskStatus, by_value=True)
+    priority = fields.Enum(TaskPriority, by_value=True)
+
+
+class HealthSchema(Schema):
+    """Whether the service can take and run tasks."""
+
+    status = fields.String(metadata={"description": "'ok' or 'unavailable'."})
+    database = fields.String(metadata={"description": "'ok' or the error."})
+    workers_alive = fields.Integer()
+    workers_expected = fields.Integer()
+    queued = fields.Integer(metadata={"description": "Task numbers waiting in memory."})

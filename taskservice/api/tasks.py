@@ -1,0 +1,115 @@
+"""The /tasks endpoints: create, read, list and cancel tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from flask_smorest.pagination import PaginationParameters
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
+
+from taskservice.api.schemas import TaskCreateSchema, TaskFilterSchema, TaskSchema
+from taskservice.errors import TaskNotCancellable, TaskNotFound
+from taskservice.extension import get_extension
+from taskservice.models import Task
+
+# The largest number SQLite stores; a larger one in the path is simply unknown.
+MAX_TASK_ID = 2**63 - 1
+
+
+class JSONBodyParser(FlaskParser):
+    """webargs' parser, but a body that is not JSON is refused, not ignored.
+
+    An empty body means "all defaults", so `curl -X POST .../tasks` works; a
+    non-empty body must say it is JSON, or the client would silently get a
+    task without the fields it meant to send.
+    """
+
+    def _raw_load_json(self, req: Request) -> Any:
+        data = req.get_data(cache=True)
+        if not data.strip():
+            return core.missing
+        if not is_json_request(req):
+            abort(415, message="The body must be JSON, sent with 'Content-Type: application/json'.")
+        return core.parse_json(data)
+
+
+class TaskBlueprint(Blueprint):
+    """A blueprint whose JSON bodies go through JSONBodyParser."""
+
+    ARGUMENTS_PARSER = JSONBodyParser()
+
+
+blp = TaskBlueprint("tasks", __name__, url_prefix="/tasks", description="Create and follow tasks.")
+
+TASK_ID = f"<int(max={MAX_TASK_ID}):task_id>"
+
+
+@blp.route("")
+class Tasks(MethodView):
+    """The collection of tasks."""
+
+    @blp.arguments(TaskFilterSchema, location="query")
+    @blp.response(200, TaskSchema(many=True))
+    @blp.paginate()
+    def get(
+        self, filters: dict[str, Any], pagination_parameters: PaginationParameters
+    ) -> Sequence[Task]:
+        """List tasks, newest first
+
+        Filter by `status` and `priority`; page with `page` and `page_size` (at most 100).
+        The `X-Pagination` header gives the total and the neighbouring pages.
+        """
+        page, total = get_extension().service.list(
+            **filters,
+            offset=pagination_parameters.first_item,
+            limit=pagination_parameters.page_size,
+        )
+        pagination_parameters.item_count = total
+        return page
+
+    @blp.arguments(TaskCreateSchema, required=False)
+    @blp.response(201, TaskSchema, headers={"Location": {"description": "The task's URL."}})
+    @blp.alt_response(413, response="DEFAULT_ERROR", description="The body is too large.")
+    @blp.alt_response(415, response="DEFAULT_ERROR", description="The body is not JSON.")
+    def post(self, fields: dict[str, Any]) -> tuple[Task, int, dict[str, str]]:
+        """Create a task
+
+        The task is queued and its number returned at once. The body and each field
+        are optional: an empty POST creates a task with the defaults.
+        """
+        task = get_extension().service.create(**fields)
+        return task, 201, {"Location": url_for("tasks.TaskView", task_id=task.id)}
+
+
+@blp.route(f"/{TASK_ID}")
+class TaskView(MethodView):
+    """One task."""
+
+    @blp.response(200, TaskSchema)
+    @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
+    def get(self, task_id: int) -> Task:
+        """Read a task's status and timings"""
+        try:
+            return get_extension().service.get(task_id)
+        except TaskNotFound as exc:
+            abort(404, message=str(exc))
+
+    @blp.response(200, TaskSchema)
+    @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
+    @blp.alt_response(409, response="DEFAULT_ERROR", description="The task is no longer queued.")
+    def delete(self, task_id: int) -> Task:
+        """Cancel a queued task
+
+        Only a task that is still `In Queue` can be cancelled; it then never runs.
+        """
+        try:
+            return get_extension().service.cancel(task_id)
+        except TaskNotFound as exc:
+            abort(404, message=str(exc))
+        except TaskNotCancellable as exc:
+            abort(409, message=str(exc))

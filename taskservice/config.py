@@ -1,0 +1,54 @@
+"""Settings read from the environment, checked once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from taskservice.db import is_sqlite, sqlite_path
+from taskservice.errors import ConfigError
+
+N = TypeVar("N", int, float)
+
+DEFAULT_DATABASE_FILE = "taskservice.sqlite3"
+
+
+def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any]:
+    """The service's settings from `environ`, with defaults; ConfigError if malformed."""
+    default_url = "sqlite:///" + os.path.join(instance_path, DEFAULT_DATABASE_FILE)
+    url = environ.get("DATABASE_URL") or default_url
+    if is_sqlite(url) and sqlite_path(url) is None:
+        raise ConfigError(
+            "DATABASE_URL: an in-memory SQLite database cannot be shared between threads "
+            "and is lost on restart; name a file, e.g. sqlite:///tasks.sqlite3"
+        )
+    return {
+        "DATABASE_URL": url,
+        "TASKSERVICE_CONCURRENCY": _number(environ, "TASKSERVICE_CONCURRENCY", int, 2, 1, 64),
+        "TASKSERVICE_TIME_SCALE": _number(environ, "TASKSERVICE_TIME_SCALE", float, 1.0, 0, 1e6),
+        "TASKSERVICE_FAILURE_RATE": _number(environ, "TASKSERVICE_FAILURE_RATE", float, 0.0, 0, 1),
+        "TASKSERVICE_LOCK_TIMEOUT": _number(
+            environ, "TASKSERVICE_LOCK_TIMEOUT", float, 5.0, 0, 3600
+        ),
+    }
+
+
+def _number(
+    environ: Mapping[str, str],
+    name: str,
+    kind: Callable[[str], N],
+    default: N,
+    low: N,
+    high: N,
+) -> N:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:  # also rejects nan
+        raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
+    return value

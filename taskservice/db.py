@@ -1,0 +1,118 @@
+"""The database: engine settings, scoped sessions and write transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from taskservice.models import Base
+
+# How long a writer waits for SQLite's write lock before giving up. Writes are
+# short (one statement each), so a long wait means the database is stuck.
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+_BEGIN_MODE = "taskservice_begin"
+
+
+def is_sqlite(url: URL | str) -> bool:
+    """Whether `url` names an SQLite database."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: URL | str) -> str | None:
+    """The file of an SQLite URL, or None for an in-memory database."""
+    database = make_url(url).database
+    return None if database in (None, "", ":memory:") else database
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+    if not is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, decide when a transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    # FULL: a commit is on disk before the 201 leaves, even if the power fails.
+    cursor.execute("PRAGMA synchronous = FULL")
+    cursor.close()
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    # A writer takes the write lock at BEGIN (IMMEDIATE), so two writers queue
+    # on the busy timeout instead of deadlocking when a read lock is upgraded.
+    # Readers begin DEFERRED and never take the write lock.
+    mode = connection.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """An engine and the thread-scoped sessions bound to it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_db_engine(url)
+        self.session = scoped_session(sessionmaker(self.engine, expire_on_commit=False))
+
+    def create_schema(self) -> None:
+        """Create the tables and indexes that do not exist yet."""
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A session in a write transaction, committed on success."""
+        session = self.session()
+        if session.in_transaction():
+            # A read left open would make this a deferred transaction.
+            session.rollback()
+        session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads; its transaction ends when the block does.
+
+        Ending it releases SQLite's snapshot, which would otherwise keep the
+        WAL from being checkpointed; commit rather than roll back so the loaded
+        objects stay usable.
+        """
+        session = self.session()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def remove_session(self) -> None:
+        """Close this thread's session and return its connection to the pool."""
+        self.session.remove()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.session.remove()
+        self.engine.dispose()

@@ -1,0 +1,40 @@
+"""The exceptions the service raises on purpose, in one place."""
+
+from __future__ import annotations
+
+from taskservice.models import TaskStatus
+
+
+class TaskServiceError(Exception):
+    """Base of the service's own errors."""
+
+
+class ConfigError(TaskServiceError):
+    """A setting from the environment is missing or malformed."""
+
+
+class TaskNotFound(TaskServiceError):
+    """No task has the requested number."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(f"Task {task_id} does not exist.")
+        self.task_id = task_id
+
+
+class TaskNotCancellable(TaskServiceError):
+    """The task has left the queue, so cancelling it is too late."""
+
+    def __init__(self, task_id: int, status: TaskStatus) -> None:
+        super().__init__(
+            f"Task {task_id} is {status.value!r}; only a task that is 'In Queue' can be cancelled."
+        )
+        self.task_id = task_id
+        self.status = status
+
+
+class DatabaseInUse(TaskServiceError):
+    """Another process already runs the task pool on this database."""
+
+
+class TaskFailed(TaskServiceError):
+    """A task's body ended in an error that the task's record should show."""

@@ -1,0 +1,75 @@
+"""The parts of one running service, kept in `app.extensions`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from sqlalchemy.exc import SQLAlchemyError
+
+from taskservice.db import Database
+from taskservice.pool import PoolLock, WorkerPool
+from taskservice.runner import TaskRunner
+from taskservice.service import TaskService
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_KEY = "taskservice"
+
+
+@dataclass
+class Pool:
+    """The worker pool with the runner it calls and the lock it holds."""
+
+    workers: WorkerPool
+    runner: TaskRunner
+    lock: PoolLock
+
+
+@dataclass
+class TaskServiceExtension:
+    """The database, the task service and, when started, the worker pool."""
+
+    db: Database
+    service: TaskService
+    concurrency: int
+    pool: Pool | None = None
+
+    def health(self) -> tuple[dict[str, Any], bool]:
+        """A health report, and whether the service can take and run tasks."""
+        try:
+            self.db.ping()
+            database = "ok"
+        except SQLAlchemyError as exc:
+            database = f"error: {type(exc).__name__}"
+        alive = self.pool.workers.alive() if self.pool else 0
+        healthy = database == "ok" and alive == self.concurrency
+        report = {
+            "status": "ok" if healthy else "unavailable",
+            "database": database,
+            "workers_alive": alive,
+            "workers_expected": self.concurrency,
+            "queued": self.pool.workers.backlog() if self.pool else 0,
+        }
+        return report, healthy
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the pool (running tasks get `timeout` s to end), then release the database."""
+        if self.pool is not None:
+            self.pool.runner.stop()
+            if self.pool.workers.stop(timeout):
+                self.pool.lock.release()
+            else:
+                # Keep the lock: a task still runs here, and another pool on
+                # this database must not start it again. Exiting releases it.
+                logger.warning("pool stopped with tasks still running; they rerun at next start")
+            self.pool = None
+        self.db.dispose()
+
+
+def get_extension() -> TaskServiceExtension:
+    """The running service's parts, from the current Flask app."""
+    extension: TaskServiceExtension = current_app.extensions[EXTENSION_KEY]
+    return extension

@@ -1,0 +1,135 @@
+"""The task table, its statuses and the transitions between them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import Enum
+
+from sqlalchemy import DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import Enum as SQLEnum
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAME_MAX_LENGTH = 200
+
+
+class TaskStatus(str, Enum):
+    """Where a task is in its life; the values are the strings clients see."""
+
+    IN_QUEUE = "In Queue"
+    RUN = "Run"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the task can never change again."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+# The only moves a task may make. Run -> In Queue is recovery: a task that was
+# running when its process died is queued again (see tasks.requeue_interrupted).
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.IN_QUEUE: frozenset({TaskStatus.RUN, TaskStatus.CANCELLED}),
+    TaskStatus.RUN: frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.IN_QUEUE}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: TaskStatus) -> list[TaskStatus]:
+    """The statuses from which a task may move to `target`."""
+    return [source for source, targets in TRANSITIONS.items() if target in targets]
+
+
+class TaskPriority(str, Enum):
+    """How urgent a task is; higher priority runs first."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """Sort key of the run order: 0 runs first."""
+        return _PRIORITY_RANKS[self]
+
+
+_PRIORITY_RANKS = {TaskPriority.HIGH: 0, TaskPriority.MEDIUM: 1, TaskPriority.LOW: 2}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and read back as an aware UTC datetime.
+
+    SQLite has no time zones, so the offset is dropped on the way in and put
+    back on the way out; every datetime the service handles is aware.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store `value` as naive UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware one")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Read a stored naive UTC value back as aware."""
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def _enum_column(enum: type[Enum], name: str) -> SQLEnum:
+    # Store the wire strings ("In Queue"), not the member names, with a CHECK
+    # constraint, and no native ENUM type so the schema is the same everywhere.
+    return SQLEnum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the service's tables."""
+
+
+class Task(Base):
+    """One task: what to run, where it is in its life, and its timings."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        # The status filter and the list order (newest first) in one index;
+        # recovery reads the queued tasks through it too.
+        Index("ix_tasks_status_id", "status", "id"),
+        Index("ix_tasks_priority_id", "priority", "id"),
+        {"sqlite_autoincrement": True},  # a task's number is never reused
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    priority: Mapped[TaskPriority] = mapped_column(_enum_column(TaskPriority, "task_priority"))
+    duration: Mapped[float] = mapped_column(Float)
+    status: Mapped[TaskStatus] = mapped_column(_enum_column(TaskStatus, "task_status"))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exec_time: Mapped[float | None] = mapped_column(Float)
+    finish_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.status.value}>"

@@ -1,0 +1,6 @@
+"""The worker pool: a priority queue of task numbers drained by a fixed set of threads."""
+
+from taskservice.pool.lock import PoolLock
+from taskservice.pool.workers import Worker, WorkerPool
+
+__all__ = ["PoolLock", "Worker", "WorkerPool"]

@@ -1,0 +1,105 @@
+"""A fixed set of daemon threads that drain a priority queue of task numbers."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[int], None]
+
+# Queue entries are (rank, task_id): lower rank first, then lower id, which is
+# first come first served. The stop marker outranks every task, so a stopping
+# worker sees it before it would start anything else.
+_STOP = (-1, -1)
+
+
+class Worker:
+    """One consumer of the queue; it handles one task number per `loop()`."""
+
+    def __init__(self, name: str, tasks: queue.PriorityQueue[tuple[int, int]], handler: Handler):
+        self.name = name
+        self._tasks = tasks
+        self._handler = handler
+
+    def loop(self, timeout: float | None = None) -> bool:
+        """Handle the next task number; False once the worker is told to stop.
+
+        A handler that raises is logged and the worker carries on: no task can
+        take a worker thread down with it.
+        """
+        try:
+            entry = self._tasks.get(timeout=timeout)
+        except queue.Empty:
+            return True
+        try:
+            if entry == _STOP:
+                return False
+            self._handler(entry[1])
+        except Exception:
+            logger.exception("%s: handler failed for task %s", self.name, entry[1])
+        finally:
+            self._tasks.task_done()
+        return True
+
+    def run(self) -> None:
+        """Loop until told to stop."""
+        logger.debug("%s: started", self.name)
+        while self.loop():
+            pass
+        logger.debug("%s: stopped", self.name)
+
+
+class WorkerPool:
+    """`concurrency` worker threads over one priority queue.
+
+    At most `concurrency` handlers run at once because each thread runs one
+    handler at a time and nothing else calls them.
+    """
+
+    def __init__(self, handler: Handler, concurrency: int = 2, name: str = "worker") -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self._tasks: queue.PriorityQueue[tuple[int, int]] = queue.PriorityQueue()
+        self.workers = [
+            Worker(f"{name}-{n}", self._tasks, handler) for n in range(1, concurrency + 1)
+        ]
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, rank: int, task_id: int) -> None:
+        """Queue a task number; lower rank runs first, then lower number."""
+        self._tasks.put((rank, task_id))
+
+    def start(self) -> None:
+        """Start one daemon thread per worker; a pool starts only once."""
+        if self._threads:
+            raise RuntimeError("the worker pool is already started")
+        self._threads = [
+            threading.Thread(target=worker.run, name=worker.name, daemon=True)
+            for worker in self.workers
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Let each worker finish its current task and exit; whether all did in time."""
+        for _ in self._threads:
+            self._tasks.put(_STOP)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def alive(self) -> int:
+        """How many worker threads are running."""
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def backlog(self) -> int:
+        """How many task numbers wait in the queue (cancelled ones included)."""
+        return self._tasks.qsize()

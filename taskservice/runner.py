@@ -1,0 +1,122 @@
+"""Running one task: claim it, run its body, record how it ended."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from taskservice import tasks
+from taskservice.db import Database
+from taskservice.errors import TaskFailed
+from taskservice.models import Task, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Body = Callable[[Task], None]
+
+# A duration of 13 s always ends in an error (a rule of the specification).
+UNLUCKY_DURATION = 13
+
+FIRST_RETRY_DELAY = 0.05
+MAX_RETRY_DELAY = 5.0
+
+
+def sleep_body(time_scale: float, failure_rate: float, rng: Callable[[], float] = random.random) -> Body:
+    """The task body of the specification: sleep for the task's duration.
+
+    `time_scale` shortens every sleep (tests, demos); `failure_rate` is the
+    share of tasks that fail at random after sleeping.
+    """
+
+    def body(task: Task) -> None:
+        time.sleep(task.duration * time_scale)
+        if task.duration == UNLUCKY_DURATION:
+            raise TaskFailed(f"a task of duration {UNLUCKY_DURATION} always fails")
+        if failure_rate and rng() < failure_rate:
+            raise TaskFailed(f"random failure (failure rate {failure_rate:g})")
+
+    return body
+
+
+class TaskRunner:
+    """The pool's handler: runs the task with a given number, start to finish.
+
+    Database errors are logged and retried with backoff until they pass or the
+    runner is stopped; an error in the body fails the task, never the thread.
+    """
+
+    def __init__(self, db: Database, body: Body) -> None:
+        self._db = db
+        self._body = body
+        self.stopping = threading.Event()
+
+    def __call__(self, task_id: int) -> None:
+        """Run task `task_id` if it is still queued."""
+        worker = threading.current_thread().name
+        try:
+            task = self._retry(worker, task_id, lambda: self._claim(task_id))
+            if task is None:
+                logger.info("%s: task %s skipped: no longer in the queue", worker, task_id)
+                return
+            self._run(worker, task)
+        finally:
+            self._db.remove_session()
+
+    def stop(self) -> None:
+        """Stop retrying database errors; the pool's stop does the rest."""
+        self.stopping.set()
+
+    def _run(self, worker: str, task: Task) -> None:
+        assert task.start_time is not None
+        waited = (task.start_time - task.create_time).total_seconds()
+        logger.info(
+            "%s: task %s started (attempt %d, waited %.3f s)", worker, task.id, task.attempts, waited
+        )
+        started = time.monotonic()
+        error = None
+        try:
+            self._body(task)
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+        exec_time = time.monotonic() - started
+        status = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
+        finished = self._retry(
+            worker, task.id, lambda: self._finish(task, status, exec_time, error)
+        )
+        if not finished:
+            logger.warning("%s: task %s was no longer running; result dropped", worker, task.id)
+        elif error is None:
+            logger.info("%s: task %s completed in %.3f s", worker, task.id, exec_time)
+        else:
+            logger.info("%s: task %s failed in %.3f s: %s", worker, task.id, exec_time, error)
+
+    def _claim(self, task_id: int) -> Task | None:
+        with self._db.writing() as session:
+            return tasks.claim_task(session, task_id)
+
+    def _finish(self, task: Task, status: TaskStatus, exec_time: float, error: str | None) -> bool:
+        with self._db.writing() as session:
+            return tasks.finish_task(
+                session, task, status=status, exec_time=exec_time, error=error
+            )
+
+    def _retry(self, worker: str, task_id: int, operation: Callable[[], T]) -> T:
+        delay = FIRST_RETRY_DELAY
+        while True:
+            try:
+                return operation()
+            except SQLAlchemyError:
+                logger.exception(
+                    "%s: task %s: database error, retrying in %.2f s", worker, task_id, delay
+                )
+                self._db.remove_session()
+                if self.stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, MAX_RETRY_DELAY)

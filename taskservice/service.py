@@ -1,0 +1,72 @@
+"""What clients can do with tasks; each call is one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from taskservice import tasks
+from taskservice.db import Database
+from taskservice.models import Task, TaskPriority, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+Submit = Callable[[int, int], None]
+
+
+def _not_dispatched(rank: int, task_id: int) -> None:
+    """Leave the task in the database for the pool that will load it at start."""
+
+
+class TaskService:
+    """Creates, reads and cancels tasks, and hands new ones to the pool."""
+
+    def __init__(self, db: Database, submit: Submit = _not_dispatched) -> None:
+        self._db = db
+        self._submit = submit
+
+    def create(self, *, name: str | None, duration: float, priority: TaskPriority) -> Task:
+        """Record a new task, then queue it; the row is committed first."""
+        with self._db.writing() as session:
+            task = tasks.create_task(session, name=name, duration=duration, priority=priority)
+        self._submit(task.priority.rank, task.id)
+        logger.info(
+            "task %s created (priority %s, duration %g s)", task.id, task.priority.value, duration
+        )
+        return task
+
+    def get(self, task_id: int) -> Task:
+        """The task numbered `task_id`."""
+        with self._db.reading() as session:
+            return tasks.get_task(session, task_id)
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        priority: TaskPriority | None = None,
+        offset: int = 0,
+        limit: int = 10,
+    ) -> tuple[Sequence[Task], int]:
+        """A page of tasks, newest first, and the number matching the filters."""
+        with self._db.reading() as session:
+            return tasks.list_tasks(
+                session, status=status, priority=priority, offset=offset, limit=limit
+            )
+
+    def cancel(self, task_id: int) -> Task:
+        """Cancel a task that is still queued."""
+        with self._db.writing() as session:
+            task = tasks.cancel_task(session, task_id)
+        logger.info("task %s cancelled", task_id)
+        return task
+
+    def recover(self) -> Sequence[tuple[int, int]]:
+        """Requeue tasks a dead process left running; (rank, id) of all queued tasks."""
+        with self._db.writing() as session:
+            interrupted = tasks.requeue_interrupted(session)
+            queued = tasks.queued_tasks(session)
+        if interrupted:
+            logger.warning("%d interrupted task(s) queued again", interrupted)
+        logger.info("%d queued task(s) loaded from the database", len(queued))
+        return queued
