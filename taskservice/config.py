@@ -25,11 +25,17 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         )
     return {
         "DATABASE_URL": url,
-        "TASKSERVICE_CONCURRENCY": _number(environ, "TASKSERVICE_CONCURRENCY", int, 2, 1, 64),
-        "TASKSERVICE_TIME_SCALE": _number(environ, "TASKSERVICE_TIME_SCALE", float, 1.0, 0, 1e6),
-        "TASKSERVICE_FAILURE_RATE": _number(environ, "TASKSERVICE_FAILURE_RATE", float, 0.0, 0, 1),
+        "TASKSERVICE_CONCURRENCY": _number(
+            environ, "TASKSERVICE_CONCURRENCY", kind=int, default=2, low=1, high=64
+        ),
+        "TASKSERVICE_TIME_SCALE": _number(
+            environ, "TASKSERVICE_TIME_SCALE", kind=float, default=1.0, low=0, high=1e6
+        ),
+        "TASKSERVICE_FAILURE_RATE": _number(
+            environ, "TASKSERVICE_FAILURE_RATE", kind=float, default=0.0, low=0, high=1
+        ),
         "TASKSERVICE_LOCK_TIMEOUT": _number(
-            environ, "TASKSERVICE_LOCK_TIMEOUT", float, 5.0, 0, 3600
+            environ, "TASKSERVICE_LOCK_TIMEOUT", kind=float, default=5.0, low=0, high=3600
         ),
     }
 
@@ -37,6 +43,7 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
 def _number(
     environ: Mapping[str, str],
     name: str,
+    *,
     kind: Callable[[str], N],
     default: N,
     low: N,
@@ -48,7 +55,8 @@ def _number(
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        expected = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None
     if not low <= value <= high:  # also rejects nan
         raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
     return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import Enum
+from enum import Enum, StrEnum
 
 from sqlalchemy import DateTime, Float, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy import Enum as SQLEnum
@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 NAME_MAX_LENGTH = 200
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     """Where a task is in its life; the values are the strings clients see."""
 
     IN_QUEUE = "In Queue"
@@ -46,7 +46,7 @@ def sources_of(target: TaskStatus) -> list[TaskStatus]:
     return [source for source, targets in TRANSITIONS.items() if target in targets]
 
 
-class TaskPriority(str, Enum):
+class TaskPriority(StrEnum):
     """How urgent a task is; higher priority runs first."""
 
     HIGH = "high"

@@ -28,7 +28,9 @@ FIRST_RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 5.0
 
 
-def sleep_body(time_scale: float, failure_rate: float, rng: Callable[[], float] = random.random) -> Body:
+def sleep_body(
+    time_scale: float, failure_rate: float, rng: Callable[[], float] = random.random
+) -> Body:
     """The task body of the specification: sleep for the task's duration.
 
     `time_scale` shortens every sleep (tests, demos); `failure_rate` is the
@@ -74,10 +76,13 @@ class TaskRunner:
         self.stopping.set()
 
     def _run(self, worker: str, task: Task) -> None:
-        assert task.start_time is not None
-        waited = (task.start_time - task.create_time).total_seconds()
+        waited = (task.start_time or task.create_time) - task.create_time
         logger.info(
-            "%s: task %s started (attempt %d, waited %.3f s)", worker, task.id, task.attempts, waited
+            "%s: task %s started (attempt %d, waited %.3f s)",
+            worker,
+            task.id,
+            task.attempts,
+            waited.total_seconds(),
         )
         started = time.monotonic()
         error = None
@@ -103,9 +108,7 @@ class TaskRunner:
 
     def _finish(self, task: Task, status: TaskStatus, exec_time: float, error: str | None) -> bool:
         with self._db.writing() as session:
-            return tasks.finish_task(
-                session, task, status=status, exec_time=exec_time, error=error
-            )
+            return tasks.finish_task(session, task, status=status, exec_time=exec_time, error=error)
 
     def _retry(self, worker: str, task_id: int, operation: Callable[[], T]) -> T:
         delay = FIRST_RETRY_DELAY

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import CursorResult, Update, case, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
@@ -111,12 +111,12 @@ def finish_task(
 
 def requeue_interrupted(session: Session) -> int:
     """Queue again every task left running by a process that died; return how many."""
-    result = session.execute(
+    statement = (
         update(Task)
         .where(Task.status.in_(sources_of(TaskStatus.IN_QUEUE)))
         .values(status=TaskStatus.IN_QUEUE, start_time=None)
     )
-    return result.rowcount
+    return _rowcount(session, statement)
 
 
 def queued_tasks(session: Session) -> Sequence[tuple[int, int]]:
@@ -136,10 +136,15 @@ def _transition(
     **values: Any,
 ) -> bool:
     """Move the task to `target` if its status allows it; whether it moved."""
-    result = session.execute(
+    statement = (
         update(Task)
         .where(Task.id == task_id, Task.status.in_(sources_of(target)), *where)
         .values(status=target, **values)
-        .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return _rowcount(session, statement) == 1
+
+
+def _rowcount(session: Session, statement: Update) -> int:
+    """How many rows `statement` changed."""
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return cast("CursorResult[Any]", result).rowcount

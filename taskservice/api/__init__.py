@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, send_from_directory
 from flask import Blueprint as FlaskBlueprint
+from flask import Flask, Response, send_from_directory
 from flask_smorest import Api as SmorestApi
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
 from taskservice.api import health, tasks
+from taskservice.errors import TaskNotCancellable, TaskNotFound, TaskServiceError
 
 SWAGGER_UI_ASSETS = "/docs/assets/"
 
@@ -51,6 +53,19 @@ _INVALID_INPUT = {
 }
 
 
+# The service's own errors that a client can cause, and the answer to each.
+ERROR_STATUS: dict[type[TaskServiceError], HTTPStatus] = {
+    TaskNotFound: HTTPStatus.NOT_FOUND,
+    TaskNotCancellable: HTTPStatus.CONFLICT,
+}
+
+
+def handle_task_error(error: TaskServiceError) -> tuple[dict[str, Any], int]:
+    """Answer a TaskNotFound or TaskNotCancellable in flask-smorest's error shape."""
+    status = ERROR_STATUS[type(error)]
+    return {"code": status.value, "status": status.phrase, "message": str(error)}, status.value
+
+
 swagger_assets = FlaskBlueprint("swagger_assets", __name__)
 
 
@@ -68,4 +83,6 @@ def init_app(app: Flask) -> Api:
     api.register_blueprint(tasks.blp)
     api.register_blueprint(health.blp)
     app.register_blueprint(swagger_assets)
+    for error in ERROR_STATUS:
+        app.register_error_handler(error, handle_task_error)
     return api

@@ -13,7 +13,6 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from taskservice.api.schemas import TaskCreateSchema, TaskFilterSchema, TaskSchema
-from taskservice.errors import TaskNotCancellable, TaskNotFound
 from taskservice.extension import get_extension
 from taskservice.models import Task
 
@@ -94,10 +93,7 @@ class TaskView(MethodView):
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
     def get(self, task_id: int) -> Task:
         """Read a task's status and timings"""
-        try:
-            return get_extension().service.get(task_id)
-        except TaskNotFound as exc:
-            abort(404, message=str(exc))
+        return get_extension().service.get(task_id)
 
     @blp.response(200, TaskSchema)
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
@@ -107,9 +103,4 @@ class TaskView(MethodView):
 
         Only a task that is still `In Queue` can be cancelled; it then never runs.
         """
-        try:
-            return get_extension().service.cancel(task_id)
-        except TaskNotFound as exc:
-            abort(404, message=str(exc))
-        except TaskNotCancellable as exc:
-            abort(409, message=str(exc))
+        return get_extension().service.cancel(task_id)

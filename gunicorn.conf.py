@@ -1,0 +1,51 @@
+"""gunicorn settings: one worker process, threaded, bound from HOST and PORT."""
+
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+
+# One process by design: the task pool (and its limit of two running tasks)
+# lives in the worker process, and a database takes one pool only.
+workers = 1
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+
+# Never build the app in the master: the pool's threads would not survive the fork.
+preload_app = False
+
+# Seconds a stopping worker lets in-flight requests finish. Running tasks are
+# not waited for: a task cut short is queued again at the next start.
+graceful_timeout = 10
+keepalive = 5
+
+# gunicorn refuses, with its own plain-text 400, request lines and headers
+# beyond these; the app's own limit on bodies (64 KiB, JSON 413) is far below.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# No control socket: it would be shared by every instance of the same user.
+control_socket_disable = True
+
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+accesslog = "-"
+errorlog = "-"
+# gunicorn's own logging set-up, plus the service's logger on the same stderr.
+logconfig_dict = {
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"]},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"]},
+        "taskservice": {
+            "level": loglevel.upper(),
+            "handlers": ["error_console"],
+            "propagate": False,
+        },
+    },
+}
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Stop the task pool when the worker process ends."""
+    extension = getattr(worker.wsgi, "extensions", {}).get("taskservice")
+    if extension is not None:
+        extension.close(timeout=1.0)

@@ -1,0 +1,45 @@
+"""Small tools the tests share: waiting on conditions and reading tasks back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import Flask
+
+from taskservice.extension import get_extension
+from taskservice.models import Task
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.01) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {condition}")
+        time.sleep(interval)
+
+
+def all_tasks(app: Flask) -> list[Task]:
+    """Every task in the app's database, by number."""
+    with app.app_context():
+        tasks, _total = get_extension().service.list(limit=10**6)
+        return sorted(tasks, key=lambda task: task.id)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals that share any one instant."""
+    events = [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals]
+    # At equal times, ends come first: a task that ends as another starts is not overlap.
+    events.sort(key=lambda event: (event[0], event[1]))
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak

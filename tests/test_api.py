@@ -1,0 +1,296 @@
+"""The HTTP API: every endpoint's success shape and every bad input's answer."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from taskservice.extension import get_extension
+from taskservice.models import TaskStatus
+
+TASK_FIELDS = {
+    "id",
+    "name",
+    "priority",
+    "duration",
+    "status",
+    "create_time",
+    "start_time",
+    "time_to_execute",
+    "finish_time",
+    "error",
+    "attempts",
+}
+
+
+def stored_status(app: Flask, task_id: int) -> TaskStatus:
+    with app.app_context():
+        return get_extension().service.get(task_id).status
+
+
+def stored_count(app: Flask) -> int:
+    with app.app_context():
+        return get_extension().service.list()[1]
+
+
+def create(client: FlaskClient, **fields: object) -> dict:
+    response = client.post("/tasks", json=fields)
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+class TestCreate:
+    def test_empty_post_creates_a_task_with_defaults(self, client: FlaskClient, app: Flask):
+        response = client.post("/tasks")
+
+        assert response.status_code == 201
+        body = response.json
+        assert set(body) == TASK_FIELDS
+        assert response.headers["Location"] == f"/tasks/{body['id']}"
+        assert body["status"] == "In Queue"
+        assert body["name"] is None
+        assert body["priority"] == "medium"
+        assert body["duration"] in range(11)
+        assert body["start_time"] is None
+        assert body["time_to_execute"] is None
+        assert body["attempts"] == 0
+        assert datetime.fromisoformat(body["create_time"]).utcoffset().total_seconds() == 0
+        assert stored_status(app, body["id"]) is TaskStatus.IN_QUEUE
+
+    def test_fields_are_stored(self, client: FlaskClient):
+        body = create(client, name="report", duration=2.5, priority="high")
+
+        assert body["name"] == "report"
+        assert body["duration"] == 2.5
+        assert body["priority"] == "high"
+        assert client.get(f"/tasks/{body['id']}").json == body
+
+    def test_empty_object_and_json_content_type_without_body(self, client: FlaskClient):
+        assert client.post("/tasks", json={}).status_code == 201
+        assert client.post("/tasks", content_type="application/json").status_code == 201
+
+    def test_numbers_increase(self, client: FlaskClient):
+        first, second = create(client), create(client)
+        assert second["id"] == first["id"] + 1
+
+    def test_default_duration_is_random_whole_seconds(self, client: FlaskClient):
+        durations = {create(client)["duration"] for _ in range(40)}
+        assert durations <= set(range(11))
+        assert len(durations) > 1
+
+    @pytest.mark.parametrize("duration", [0, 3600, 0.001, 13])
+    def test_duration_bounds_accepted(self, client: FlaskClient, duration: float):
+        assert create(client, duration=duration)["duration"] == duration
+
+    @pytest.mark.parametrize("name", ["x", "n" * 200, "задача"])
+    def test_names_accepted(self, client: FlaskClient, name: str):
+        assert create(client, name=name)["name"] == name
+
+
+INVALID_BODIES = [
+    pytest.param({"duration": -1}, "duration", id="negative duration"),
+    pytest.param({"duration": 3600.5}, "duration", id="duration over an hour"),
+    pytest.param({"duration": "5"}, "duration", id="duration as string"),
+    pytest.param({"duration": True}, "duration", id="duration as boolean"),
+    pytest.param({"duration": None}, "duration", id="duration null"),
+    pytest.param({"name": ""}, "name", id="empty name"),
+    pytest.param({"name": "n" * 201}, "name", id="name too long"),
+    pytest.param({"name": 5}, "name", id="name not a string"),
+    pytest.param({"priority": "urgent"}, "priority", id="unknown priority"),
+    pytest.param({"priority": "HIGH"}, "priority", id="priority in capitals"),
+    pytest.param({"colour": "red"}, "colour", id="unknown field"),
+]
+
+
+class TestCreateRejects:
+    @pytest.mark.parametrize(("body", "field"), INVALID_BODIES)
+    def test_invalid_field(self, client: FlaskClient, app: Flask, body: dict, field: str):
+        response = client.post("/tasks", json=body)
+
+        assert response.status_code == 422
+        assert response.json["code"] == 422
+        assert field in response.json["errors"]["json"]
+        assert "invalid" in response.json["message"]
+        assert stored_count(app) == 0
+
+    @pytest.mark.parametrize("body", ["[]", '"text"', "5", "null", "[{}]"])
+    def test_body_not_an_object(self, client: FlaskClient, app: Flask, body: str):
+        response = client.post("/tasks", data=body, content_type="application/json")
+
+        assert response.status_code == 422
+        assert response.json["errors"]["json"]["_schema"] == ["Invalid input type."]
+        assert stored_count(app) == 0
+
+    @pytest.mark.parametrize("body", ["{", '{"duration": }', "{'a': 1}", b"\xff\xfe"])
+    def test_malformed_json(self, client: FlaskClient, app: Flask, body: str | bytes):
+        response = client.post("/tasks", data=body, content_type="application/json")
+
+        assert response.status_code == 400
+        assert response.json["message"] == "The body is not valid JSON."
+        assert stored_count(app) == 0
+
+    @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+    def test_body_that_is_not_json(self, client: FlaskClient, app: Flask, content_type: str):
+        response = client.post("/tasks", data='{"duration": 1}', content_type=content_type)
+
+        assert response.status_code == 415
+        assert "Content-Type: application/json" in response.json["message"]
+        assert stored_count(app) == 0
+
+    def test_body_too_large(self, client: FlaskClient, app: Flask):
+        body = json.dumps({"name": "x" * 70_000})
+
+        response = client.post("/tasks", data=body, content_type="application/json")
+
+        assert response.status_code == 413
+        assert response.json["status"] == "Request Entity Too Large"
+        assert stored_count(app) == 0
+
+
+class TestRead:
+    def test_read_a_task(self, client: FlaskClient):
+        created = create(client, duration=1)
+
+        response = client.get(f"/tasks/{created['id']}")
+
+        assert response.status_code == 200
+        assert response.json == created
+
+    @pytest.mark.parametrize(
+        "path",
+        ["/tasks/999", "/tasks/0", "/tasks/-1", "/tasks/abc", "/tasks/1.5", f"/tasks/{2**64}",
+         "/tasks/" + "9" * 400],
+    )
+    def test_unknown_or_malformed_id(self, client: FlaskClient, path: str):
+        response = client.get(path)
+
+        assert response.status_code == 404
+        assert response.json["code"] == 404
+        assert response.json["message"]
+
+    def test_unknown_id_says_which(self, client: FlaskClient):
+        assert client.get("/tasks/999").json["message"] == "Task 999 does not exist."
+
+
+class TestList:
+    def test_newest_first_with_pagination_header(self, client: FlaskClient):
+        ids = [create(client)["id"] for _ in range(5)]
+
+        response = client.get("/tasks?page=1&page_size=2")
+
+        assert response.status_code == 200
+        assert [task["id"] for task in response.json] == ids[::-1][:2]
+        pagination = json.loads(response.headers["X-Pagination"])
+        assert pagination["total"] == 5
+        assert pagination["total_pages"] == 3
+        assert pagination["next_page"] == 2
+        last = client.get("/tasks?page=3&page_size=2").json
+        assert [task["id"] for task in last] == [ids[0]]
+
+    def test_filters(self, client: FlaskClient):
+        high = create(client, priority="high")
+        low = create(client, priority="low")
+        client.delete(f"/tasks/{low['id']}")
+
+        by_priority = client.get("/tasks?priority=high").json
+        by_status = client.get("/tasks?status=Cancelled").json
+        both = client.get("/tasks?status=In%20Queue&priority=low").json
+
+        assert [task["id"] for task in by_priority] == [high["id"]]
+        assert [task["id"] for task in by_status] == [low["id"]]
+        assert both == []
+
+    def test_page_past_the_end_is_empty(self, client: FlaskClient):
+        create(client)
+        for page in (2, 10**6, 2**62, 10**30):
+            response = client.get(f"/tasks?page={page}&page_size=100")
+            assert response.status_code == 200
+            assert response.json == []
+
+    @pytest.mark.parametrize(
+        ("query", "field"),
+        [
+            ("status=Done", "status"),
+            ("priority=urgent", "priority"),
+            ("page_size=101", "page_size"),
+            ("page_size=0", "page_size"),
+            ("page=0", "page"),
+            ("page=abc", "page"),
+        ],
+    )
+    def test_bad_query(self, client: FlaskClient, query: str, field: str):
+        response = client.get(f"/tasks?{query}")
+
+        assert response.status_code == 422
+        assert field in response.json["errors"]["query"]
+
+
+class TestCancel:
+    def test_cancel_a_queued_task(self, client: FlaskClient, app: Flask):
+        task = create(client)
+
+        response = client.delete(f"/tasks/{task['id']}")
+
+        assert response.status_code == 200
+        assert response.json["status"] == "Cancelled"
+        assert response.json["finish_time"] is not None
+        assert stored_status(app, task["id"]) is TaskStatus.CANCELLED
+
+    def test_cancel_twice(self, client: FlaskClient):
+        task = create(client)
+        client.delete(f"/tasks/{task['id']}")
+
+        response = client.delete(f"/tasks/{task['id']}")
+
+        assert response.status_code == 409
+        assert response.json["message"] == (
+            f"Task {task['id']} is 'Cancelled'; only a task that is 'In Queue' can be cancelled."
+        )
+
+    def test_cancel_unknown(self, client: FlaskClient):
+        response = client.delete("/tasks/42")
+
+        assert response.status_code == 404
+        assert response.json["message"] == "Task 42 does not exist."
+
+
+class TestProtocol:
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [("put", "/tasks/1"), ("patch", "/tasks"), ("delete", "/tasks"), ("post", "/health")],
+    )
+    def test_wrong_method(self, client: FlaskClient, method: str, path: str):
+        response = getattr(client, method)(path)
+
+        assert response.status_code == 405
+        assert response.json["code"] == 405
+        assert response.is_json
+
+    def test_unknown_path_is_json(self, client: FlaskClient):
+        response = client.get("/nowhere")
+
+        assert response.status_code == 404
+        assert response.is_json
+
+    def test_openapi_document(self, client: FlaskClient):
+        spec = client.get("/openapi.json").json
+
+        assert spec["info"]["title"] == "taskservice"
+        assert {"/tasks", "/tasks/{task_id}", "/health"} <= set(spec["paths"])
+        responses = spec["paths"]["/tasks/{task_id}"]["delete"]["responses"]
+        assert {"200", "404", "409"} <= set(responses)
+
+    def test_swagger_ui_is_served_locally(self, client: FlaskClient):
+        page = client.get("/docs")
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        assert 'src="/docs/assets/swagger-ui-bundle.js"' in html
+        assert "//" not in html.split("swagger-ui-bundle.js")[0].rsplit("src=", 1)[1]
+        script = client.get("/docs/assets/swagger-ui-bundle.js")
+        assert script.status_code == 200
+        assert len(script.data) > 100_000
+        script.close()
