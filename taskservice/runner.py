@@ -108,7 +108,9 @@ class TaskRunner:
 
     def _finish(self, task: Task, status: TaskStatus, exec_time: float, error: str | None) -> bool:
         with self._db.writing() as session:
-            return tasks.finish_task(session, task, status=status, exec_time=exec_time, error=error)
+            return tasks.finish_task(
+                session, task.id, task.attempts, status=status, exec_time=exec_time, error=error
+            )
 
     def _retry(self, worker: str, task_id: int, operation: Callable[[], T]) -> T:
         delay = FIRST_RETRY_DELAY

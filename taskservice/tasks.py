@@ -90,19 +90,23 @@ def claim_task(session: Session, task_id: int) -> Task | None:
 
 def finish_task(
     session: Session,
-    task: Task,
+    task_id: int,
+    attempt: int,
     *,
     status: TaskStatus,
     exec_time: float,
     error: str | None = None,
     finish_time: datetime | None = None,
 ) -> bool:
-    """Record the end of the attempt `task` was claimed for; False if it is not running."""
+    """Record how attempt number `attempt` ended; False if that attempt is not running.
+
+    A runner from before a crash cannot overwrite the result of a later attempt.
+    """
     return _transition(
         session,
-        task.id,
+        task_id,
         status,
-        Task.attempts == task.attempts,
+        Task.attempts == attempt,
         exec_time=exec_time,
         error=error,
         finish_time=finish_time or utcnow(),

@@ -162,8 +162,15 @@ class TestRead:
 
     @pytest.mark.parametrize(
         "path",
-        ["/tasks/999", "/tasks/0", "/tasks/-1", "/tasks/abc", "/tasks/1.5", f"/tasks/{2**64}",
-         "/tasks/" + "9" * 400],
+        [
+            "/tasks/999",
+            "/tasks/0",
+            "/tasks/-1",
+            "/tasks/abc",
+            "/tasks/1.5",
+            f"/tasks/{2**64}",
+            "/tasks/" + "9" * 400,
+        ],
     )
     def test_unknown_or_malformed_id(self, client: FlaskClient, path: str):
         response = client.get(path)

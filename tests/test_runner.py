@@ -1,0 +1,242 @@
+"""The runner: claim, body and finish of one task, driven directly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+from flask import Flask
+from sqlalchemy.exc import OperationalError
+
+from taskservice import tasks
+from taskservice.errors import TaskNotCancellable
+from taskservice.extension import get_extension
+from taskservice.models import Task, TaskPriority, TaskStatus
+from taskservice.runner import TaskRunner, sleep_body
+
+
+@pytest.fixture
+def runner(app: Flask) -> TaskRunner:
+    return TaskRunner(get_extension_of(app).db, sleep_body(time_scale=0.001, failure_rate=0))
+
+
+def get_extension_of(app: Flask):
+    with app.app_context():
+        return get_extension()
+
+
+def new_task(app: Flask, duration: float = 1, priority: TaskPriority = TaskPriority.MEDIUM) -> int:
+    service = get_extension_of(app).service
+    return service.create(name=None, duration=duration, priority=priority).id
+
+
+def read(app: Flask, task_id: int) -> Task:
+    return get_extension_of(app).service.get(task_id)
+
+
+def test_runs_a_task_to_completion(app: Flask, runner: TaskRunner):
+    task_id = new_task(app, duration=20)
+
+    runner(task_id)
+
+    task = read(app, task_id)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.attempts == 1
+    assert task.error is None
+    assert task.start_time is not None
+    assert task.finish_time is not None
+    assert task.create_time <= task.start_time <= task.finish_time
+    assert task.exec_time == pytest.approx(0.02, abs=0.015)
+
+
+@pytest.mark.parametrize("duration", [13, 13.0])
+def test_duration_13_fails(app: Flask, runner: TaskRunner, duration: float):
+    task_id = new_task(app, duration=duration)
+
+    runner(task_id)
+
+    task = read(app, task_id)
+    assert task.status is TaskStatus.FAILED
+    assert task.error == "a task of duration 13 always fails"
+    assert task.exec_time is not None
+    assert task.exec_time >= 0.013
+
+
+@pytest.mark.parametrize(
+    ("draw", "status"), [(0.29, TaskStatus.FAILED), (0.3, TaskStatus.COMPLETED)]
+)
+def test_random_failure(app: Flask, draw: float, status: TaskStatus):
+    body = sleep_body(time_scale=0, failure_rate=0.3, rng=lambda: draw)
+    runner = TaskRunner(get_extension_of(app).db, body)
+    task_id = new_task(app)
+
+    runner(task_id)
+
+    task = read(app, task_id)
+    assert task.status is status
+    assert (task.error == "random failure (failure rate 0.3)") is (status is TaskStatus.FAILED)
+
+
+def test_a_body_that_raises_fails_the_task(app: Flask):
+    def body(task: Task) -> None:
+        raise ValueError(f"cannot process task {task.id}")
+
+    runner = TaskRunner(get_extension_of(app).db, body)
+    task_id = new_task(app)
+
+    runner(task_id)  # does not raise
+
+    task = read(app, task_id)
+    assert task.status is TaskStatus.FAILED
+    assert task.error == f"cannot process task {task_id}"
+
+
+def test_an_exception_without_message_is_named(app: Flask):
+    def body(_task: Task) -> None:
+        raise KeyError
+
+    runner = TaskRunner(get_extension_of(app).db, body)
+    task_id = new_task(app)
+    runner(task_id)
+
+    assert read(app, task_id).error == "KeyError"
+
+
+def test_a_cancelled_task_is_never_started(app: Flask, runner: TaskRunner):
+    task_id = new_task(app)
+    get_extension_of(app).service.cancel(task_id)
+
+    runner(task_id)
+
+    task = read(app, task_id)
+    assert task.status is TaskStatus.CANCELLED
+    assert task.attempts == 0
+    assert task.start_time is None
+
+
+def test_a_claimed_task_cannot_be_cancelled(app: Flask):
+    task_id = new_task(app)
+    db = get_extension_of(app).db
+    with db.writing() as session:
+        assert tasks.claim_task(session, task_id) is not None
+
+    with pytest.raises(TaskNotCancellable, match="is 'Run'"):
+        get_extension_of(app).service.cancel(task_id)
+    assert read(app, task_id).status is TaskStatus.RUN
+
+
+def test_a_task_is_claimed_once(app: Flask):
+    task_id = new_task(app)
+    db = get_extension_of(app).db
+    with db.writing() as session:
+        first = tasks.claim_task(session, task_id)
+    with db.writing() as session:
+        second = tasks.claim_task(session, task_id)
+
+    assert first is not None
+    assert first.attempts == 1
+    assert second is None
+
+
+def test_cancel_against_claim_race(app: Flask):
+    """Each task is either cancelled or claimed, never both, never neither."""
+    ids = [new_task(app) for _ in range(150)]
+    extension = get_extension_of(app)
+    claimed: list[int] = []
+    cancelled: list[int] = []
+    go = threading.Barrier(2)
+
+    def claim_all() -> None:
+        go.wait()
+        for task_id in ids:
+            with extension.db.writing() as session:
+                if tasks.claim_task(session, task_id) is not None:
+                    claimed.append(task_id)
+        extension.db.remove_session()
+
+    def cancel_all() -> None:
+        go.wait()
+        for task_id in ids:
+            try:
+                extension.service.cancel(task_id)
+                cancelled.append(task_id)
+            except TaskNotCancellable:
+                pass
+        extension.db.remove_session()
+
+    threads = [threading.Thread(target=claim_all), threading.Thread(target=cancel_all)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(claimed + cancelled) == ids
+    for task_id in ids:
+        expected = TaskStatus.RUN if task_id in claimed else TaskStatus.CANCELLED
+        assert read(app, task_id).status is expected
+
+
+def test_finish_is_conditional_on_the_attempt(app: Flask):
+    """A stale runner cannot overwrite the result of a later attempt."""
+    task_id = new_task(app)
+    db = get_extension_of(app).db
+    with db.writing() as session:
+        assert tasks.claim_task(session, task_id) is not None
+    with db.writing() as session:  # the process died; recovery requeues it
+        tasks.requeue_interrupted(session)
+    with db.writing() as session:
+        assert tasks.claim_task(session, task_id) is not None
+
+    def finish(attempt: int, status: TaskStatus, exec_time: float) -> bool:
+        with db.writing() as session:
+            return tasks.finish_task(session, task_id, attempt, status=status, exec_time=exec_time)
+
+    stale = finish(1, TaskStatus.FAILED, 1.0)
+    current = finish(2, TaskStatus.COMPLETED, 2.0)
+    again = finish(2, TaskStatus.FAILED, 3.0)
+
+    assert (stale, current, again) == (False, True, False)
+    task = read(app, task_id)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.exec_time == 2.0
+    assert task.attempts == 2
+
+
+def test_database_errors_are_retried(
+    app: Flask,
+    runner: TaskRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    task_id = new_task(app)
+    real_claim = tasks.claim_task
+    failures = iter([True, True, False])
+
+    def flaky_claim(session, claimed_id):
+        if next(failures):
+            raise OperationalError("UPDATE tasks", {}, Exception("database is locked"))
+        return real_claim(session, claimed_id)
+
+    monkeypatch.setattr(tasks, "claim_task", flaky_claim)
+    with caplog.at_level(logging.ERROR, logger="taskservice"):
+        runner(task_id)
+
+    assert read(app, task_id).status is TaskStatus.COMPLETED
+    assert caplog.text.count(f"task {task_id}: database error, retrying") == 2
+
+
+def test_a_stopping_runner_gives_up_on_database_errors(
+    app: Flask, runner: TaskRunner, monkeypatch: pytest.MonkeyPatch
+):
+    task_id = new_task(app)
+
+    def broken_claim(_session, _task_id):
+        raise OperationalError("UPDATE tasks", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(tasks, "claim_task", broken_claim)
+    runner.stop()
+
+    with pytest.raises(OperationalError):
+        runner(task_id)
+    assert read(app, task_id).status is TaskStatus.IN_QUEUE
