@@ -46,6 +46,8 @@ logconfig_dict = {
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Stop the task pool when the worker process ends."""
-    extension = getattr(worker.wsgi, "extensions", {}).get("taskservice")
+    # `wsgi` is missing when the app failed to build (e.g. the database is in use).
+    app = getattr(worker, "wsgi", None)
+    extension = getattr(app, "extensions", {}).get("taskservice")
     if extension is not None:
         extension.close(timeout=1.0)

@@ -1,0 +1,91 @@
+"""Settings from the environment, and the app factory itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from taskservice.config import load_config
+from taskservice.errors import ConfigError
+from taskservice.extension import EXTENSION_KEY
+
+
+def test_defaults(tmp_path: Path):
+    config = load_config({}, str(tmp_path))
+
+    assert config == {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'taskservice.sqlite3'}",
+        "TASKSERVICE_CONCURRENCY": 2,
+        "TASKSERVICE_TIME_SCALE": 1.0,
+        "TASKSERVICE_FAILURE_RATE": 0.0,
+        "TASKSERVICE_LOCK_TIMEOUT": 5.0,
+    }
+
+
+def test_values_from_the_environment(tmp_path: Path):
+    environ = {
+        "DATABASE_URL": "sqlite:////data/tasks.db",
+        "TASKSERVICE_CONCURRENCY": "3",
+        "TASKSERVICE_TIME_SCALE": "0.5",
+        "TASKSERVICE_FAILURE_RATE": "0.25",
+    }
+
+    config = load_config(environ, str(tmp_path))
+
+    assert config["DATABASE_URL"] == "sqlite:////data/tasks.db"
+    assert config["TASKSERVICE_CONCURRENCY"] == 3
+    assert config["TASKSERVICE_TIME_SCALE"] == 0.5
+    assert config["TASKSERVICE_FAILURE_RATE"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TASKSERVICE_CONCURRENCY", "two", "TASKSERVICE_CONCURRENCY must be a whole number"),
+        ("TASKSERVICE_CONCURRENCY", "2.5", "must be a whole number, got '2.5'"),
+        ("TASKSERVICE_CONCURRENCY", "0", "TASKSERVICE_CONCURRENCY must be between 1 and 64"),
+        ("TASKSERVICE_FAILURE_RATE", "1.5", "TASKSERVICE_FAILURE_RATE must be between 0 and 1"),
+        ("TASKSERVICE_FAILURE_RATE", "nan", "must be between"),
+        ("TASKSERVICE_TIME_SCALE", "-1", "TASKSERVICE_TIME_SCALE must be between"),
+        ("TASKSERVICE_TIME_SCALE", "fast", "TASKSERVICE_TIME_SCALE must be a number"),
+        ("DATABASE_URL", "sqlite://", "in-memory SQLite"),
+        ("DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite"),
+    ],
+)
+def test_malformed_settings_are_refused(tmp_path: Path, name: str, value: str, message: str):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config({name: value}, str(tmp_path))
+
+
+def test_factory_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'env.sqlite3'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("TASKSERVICE_CONCURRENCY", "3")
+
+    app = create_app(start_pool=False)
+    try:
+        assert app.config["DATABASE_URL"] == url
+        assert app.extensions[EXTENSION_KEY].concurrency == 3
+        assert (tmp_path / "env.sqlite3").exists()
+    finally:
+        app.extensions[EXTENSION_KEY].close()
+
+
+def test_test_config_overrides_the_environment(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'override.sqlite3'}"
+
+    app = create_app({"DATABASE_URL": url, "TESTING": True}, start_pool=False)
+    try:
+        assert app.testing
+        assert app.config["DATABASE_URL"] == url
+        assert app.extensions[EXTENSION_KEY].pool is None
+    finally:
+        app.extensions[EXTENSION_KEY].close()
+
+
+def test_pool_starts_with_the_app(pool_app):
+    pool = pool_app.extensions[EXTENSION_KEY].pool
+    assert pool is not None
+    assert pool.workers.alive() == 2
