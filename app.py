@@ -10,7 +10,7 @@ from flask import Flask
 
 from taskservice import api
 from taskservice.config import load_config
-from taskservice.db import Database
+from taskservice.db import Database, sqlite_path
 from taskservice.extension import EXTENSION_KEY, Pool, TaskServiceExtension
 from taskservice.pool import PoolLock, WorkerPool
 from taskservice.runner import TaskRunner, sleep_body
@@ -28,11 +28,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     runner themselves.
     """
     app = Flask(__name__, instance_relative_config=True)
-    os.makedirs(app.instance_path, exist_ok=True)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config.from_mapping(load_config(os.environ, app.instance_path))
     if test_config is not None:
         app.config.from_mapping(test_config)
+    database_file = sqlite_path(app.config["DATABASE_URL"])
+    if database_file is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(database_file)), exist_ok=True)
 
     db = Database(app.config["DATABASE_URL"])
     db.create_schema()
