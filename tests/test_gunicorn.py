@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,19 @@ def test_a_second_server_on_the_same_database_refuses_to_start(
     assert second.process.wait(timeout=60) != 0
     assert "another process runs the task pool on this database" in second.log()
     assert first.request("GET", "/health")[0] == 200
+
+
+def test_concurrent_creates_all_succeed(servers: list[Server], database_url: str, tmp_path: Path):
+    server = start(servers, database_url, tmp_path / "gunicorn.log")
+    server.wait_healthy()
+    clients, per_client = 16, 25
+
+    def create_many(_client: int) -> list[int]:
+        return [server.request("POST", "/tasks", {"duration": 0})[0] for _ in range(per_client)]
+
+    with ThreadPoolExecutor(clients) as pool:
+        statuses = [status for batch in pool.map(create_many, range(clients)) for status in batch]
+
+    assert statuses == [201] * clients * per_client
+    _status, page = server.request("GET", "/tasks?page_size=1")
+    assert page[0]["id"] == clients * per_client
