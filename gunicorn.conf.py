@@ -44,6 +44,14 @@ logconfig_dict = {
 }
 
 
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Refuse --preload: the app built in the master would lose its pool at fork."""
+    if server.cfg.preload_app:
+        raise SystemExit(
+            "taskservice: do not run with --preload; the task pool must start in the worker"
+        )
+
+
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Stop the task pool when the worker process ends."""
     # `wsgi` is missing when the app failed to build (e.g. the database is in use).

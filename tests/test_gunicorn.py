@@ -87,3 +87,12 @@ def test_concurrent_creates_all_succeed(servers: list[Server], database_url: str
     assert statuses == [201] * clients * per_client
     _status, page = server.request("GET", "/tasks?page_size=1")
     assert page[0]["id"] == clients * per_client
+
+
+def test_preload_is_refused(servers: list[Server], database_url: str, tmp_path: Path):
+    server = Server(database_url, tmp_path / "gunicorn.log", GUNICORN_CMD_ARGS="--preload")
+    servers.append(server.start())
+
+    assert server.process is not None
+    assert server.process.wait(timeout=60) != 0
+    assert "do not run with --preload" in server.log()
