@@ -12,7 +12,7 @@ from taskservice import api
 from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
 from taskservice.extension import EXTENSION_KEY, Pool, TaskServiceExtension
-from taskservice.pool import PoolLock, WorkerPool
+from taskservice.pool import WorkerPool, pool_lock_for
 from taskservice.runner import TaskRunner, sleep_body
 from taskservice.service import TaskService
 
@@ -44,7 +44,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         db=db, service=TaskService(db), concurrency=app.config["TASKSERVICE_CONCURRENCY"]
     )
     if start_pool:
-        extension.pool = start_task_pool(app, extension)
+        try:
+            extension.pool = start_task_pool(app, extension)
+        except BaseException:
+            db.dispose()
+            raise
     app.extensions[EXTENSION_KEY] = extension
 
     api.init_app(app)
@@ -54,7 +58,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
 def start_task_pool(app: Flask, extension: TaskServiceExtension) -> Pool:
     """Take the database's pool lock, requeue what a dead process left, start the workers."""
     config = app.config
-    lock = PoolLock(config["DATABASE_URL"], timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
+    lock = pool_lock_for(extension.db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
     lock.acquire()
     runner = TaskRunner(
         extension.db,

@@ -6,7 +6,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from taskservice.db import is_sqlite, sqlite_path
+from sqlalchemy.exc import ArgumentError
+
+from taskservice.db import SUPPORTED_BACKENDS, backend_name, is_sqlite, sqlite_path
 from taskservice.errors import ConfigError
 
 N = TypeVar("N", int, float)
@@ -18,6 +20,17 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
     """The service's settings from `environ`, with defaults; ConfigError if malformed."""
     default_url = "sqlite:///" + os.path.join(instance_path, DEFAULT_DATABASE_FILE)
     url = environ.get("DATABASE_URL") or default_url
+    try:
+        backend = backend_name(url)
+    except ArgumentError:
+        # Not echoed back: a URL may carry a password.
+        raise ConfigError(
+            "DATABASE_URL is not a database URL; expected sqlite:///<file> or postgresql://..."
+        ) from None
+    if backend not in SUPPORTED_BACKENDS:
+        raise ConfigError(
+            f"DATABASE_URL: {backend} is not supported; use sqlite:///<file> or postgresql://..."
+        )
     if is_sqlite(url) and sqlite_path(url) is None:
         raise ConfigError(
             "DATABASE_URL: an in-memory SQLite database cannot be shared between threads "

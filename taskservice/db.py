@@ -20,9 +20,17 @@ SQLITE_BUSY_TIMEOUT_MS = 5_000
 _BEGIN_MODE = "taskservice_begin"
 
 
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
+def backend_name(url: URL | str) -> str:
+    """The kind of database `url` names: "sqlite", "postgresql", ..."""
+    return make_url(url).get_backend_name()
+
+
 def is_sqlite(url: URL | str) -> bool:
     """Whether `url` names an SQLite database."""
-    return make_url(url).get_backend_name() == "sqlite"
+    return backend_name(url) == "sqlite"
 
 
 def sqlite_path(url: URL | str) -> str | None:

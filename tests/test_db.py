@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -11,6 +12,12 @@ from sqlalchemy.exc import StatementError
 
 from taskservice.db import Database, sqlite_path
 from taskservice.models import Task, TaskPriority, TaskStatus
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """These tests are about SQLite's settings: SQLite only."""
+    return f"sqlite:///{tmp_path / 'tasks.sqlite3'}"
 
 
 @pytest.fixture
