@@ -49,13 +49,14 @@ def postgres_admin() -> Iterator[Engine]:
 
 @pytest.fixture
 def postgres_url(postgres_admin: Engine) -> Iterator[str]:
-    """A fresh PostgreSQL database for this test, dropped at its end."""
+    """A fresh PostgreSQL schema for this test (much faster than a database), dropped at its end."""
     name = f"taskservice_test_{uuid.uuid4().hex[:12]}"
     with postgres_admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield postgres_admin.url.set(database=name).render_as_string(hide_password=False)
+        connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    url = postgres_admin.url.update_query_dict({"options": f"-csearch_path={name}"})
+    yield url.render_as_string(hide_password=False)
     with postgres_admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
