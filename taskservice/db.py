@@ -82,34 +82,30 @@ class Database:
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
-        """A session in a write transaction, committed on success."""
-        session = self.session()
-        if session.in_transaction():
-            # A read left open would make this a deferred transaction.
-            session.rollback()
-        session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
-        try:
+        """A session in a write transaction, committed on success, rolled back on error."""
+        with self._transaction() as session:
+            session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A session for reads; its transaction ends when the block does.
+        """A session in a read transaction that ends with the block.
 
         Ending it releases SQLite's snapshot, which would otherwise keep the
-        WAL from being checkpointed; commit rather than roll back so the loaded
-        objects stay usable.
+        WAL from being checkpointed. With expire_on_commit off, the objects
+        read stay usable after it.
         """
-        session = self.session()
-        try:
+        with self._transaction() as session:
             yield session
-            session.commit()
-        except BaseException:
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        session = self.session()
+        if session.in_transaction():
+            # Whatever was left open must not decide how this one begins.
             session.rollback()
-            raise
+        with session.begin():
+            yield session
 
     def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
