@@ -37,7 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         os.makedirs(os.path.dirname(os.path.abspath(database_file)), exist_ok=True)
 
     db = Database(app.config["DATABASE_URL"])
-    db.create_schema()
+    db.upgrade_schema()
     app.teardown_appcontext(lambda _exc: db.remove_session())
 
     extension = TaskServiceExtension(

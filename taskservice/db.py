@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
-
-from taskservice.models import Base
 
 # How long a writer waits for SQLite's write lock before giving up. Writes are
 # short (one statement each), so a long wait means the database is stuck.
@@ -76,9 +76,14 @@ class Database:
         self.engine = create_db_engine(url)
         self.session = scoped_session(sessionmaker(self.engine, expire_on_commit=False))
 
-    def create_schema(self) -> None:
-        """Create the tables and indexes that do not exist yet."""
-        Base.metadata.create_all(self.engine)
+    def upgrade_schema(self) -> None:
+        """Apply the schema migrations the database has not had yet."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", "taskservice:migrations")
+        with self.engine.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            connection.commit()
 
     @contextmanager
     def writing(self) -> Iterator[Session]:

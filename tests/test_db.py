@@ -23,7 +23,7 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def db(database_url: str):
     database = Database(database_url)
-    database.create_schema()
+    database.upgrade_schema()
     yield database
     database.dispose()
 

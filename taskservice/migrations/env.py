@@ -1,0 +1,35 @@
+"""Alembic's entry point: migrate the database the service is configured for.
+
+The service runs this itself at start (Database.upgrade_schema) on its own
+connection; the alembic command line (see alembic.ini) reads DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy import Connection, create_engine
+
+from taskservice.models import Base
+
+
+def run_migrations(connection: Connection) -> None:
+    """Apply the pending revisions in one transaction."""
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=True,  # SQLite alters tables by copying them
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = context.config.attributes.get("connection")
+if connection is not None:
+    run_migrations(connection)
+else:
+    engine = create_engine(os.environ.get("DATABASE_URL", "sqlite:///instance/taskservice.sqlite3"))
+    with engine.connect() as own_connection:
+        run_migrations(own_connection)
+    engine.dispose()
