@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Config, Flask
 
 from taskservice import api
 from taskservice.config import load_config
@@ -37,36 +37,38 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         os.makedirs(os.path.dirname(os.path.abspath(database_file)), exist_ok=True)
 
     db = Database(app.config["DATABASE_URL"])
-    db.upgrade_schema()
+    pool = None
+    try:
+        db.upgrade_schema()
+        pool = open_task_pool(app.config, db) if start_pool else None
+        service = TaskService(db) if pool is None else TaskService(db, submit=pool.workers.submit)
+        if pool is not None:
+            start_task_pool(pool, service)
+    except BaseException:
+        if pool is not None:
+            pool.lock.release()
+        db.dispose()
+        raise
     app.teardown_appcontext(lambda _exc: db.remove_session())
-
-    extension = TaskServiceExtension(
-        db=db, service=TaskService(db), concurrency=app.config["TASKSERVICE_CONCURRENCY"]
+    app.extensions[EXTENSION_KEY] = TaskServiceExtension(
+        db=db, service=service, concurrency=app.config["TASKSERVICE_CONCURRENCY"], pool=pool
     )
-    if start_pool:
-        try:
-            extension.pool = start_task_pool(app, extension)
-        except BaseException:
-            db.dispose()
-            raise
-    app.extensions[EXTENSION_KEY] = extension
-
     api.init_app(app)
     return app
 
 
-def start_task_pool(app: Flask, extension: TaskServiceExtension) -> Pool:
-    """Take the database's pool lock, requeue what a dead process left, start the workers."""
-    config = app.config
-    lock = pool_lock_for(extension.db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
+def open_task_pool(config: Config, db: Database) -> Pool:
+    """Take the database's pool lock and build the workers, not started yet."""
+    lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
     lock.acquire()
-    runner = TaskRunner(
-        extension.db,
-        sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"]),
-    )
-    workers = WorkerPool(runner, concurrency=extension.concurrency)
-    for rank, task_id in extension.service.recover():
-        workers.submit(rank, task_id)
-    extension.service = TaskService(extension.db, submit=workers.submit)
-    workers.start()
+    body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
+    runner = TaskRunner(db, body)
+    workers = WorkerPool(runner, concurrency=config["TASKSERVICE_CONCURRENCY"])
     return Pool(workers=workers, runner=runner, lock=lock)
+
+
+def start_task_pool(pool: Pool, service: TaskService) -> None:
+    """Queue what the database holds (requeuing what a dead process left), then start."""
+    for rank, task_id in service.recover():
+        pool.workers.submit(rank, task_id)
+    pool.workers.start()

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import ArgumentError
 
-from taskservice.db import SUPPORTED_BACKENDS, backend_name, is_sqlite, sqlite_path
+from taskservice.db import SUPPORTED_BACKENDS, backend_name, sqlite_path
 from taskservice.errors import ConfigError
 
 N = TypeVar("N", int, float)
@@ -31,7 +31,7 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         raise ConfigError(
             f"DATABASE_URL: {backend} is not supported; use sqlite:///<file> or postgresql://..."
         )
-    if is_sqlite(url) and sqlite_path(url) is None:
+    if backend == "sqlite" and sqlite_path(url) is None:
         raise ConfigError(
             "DATABASE_URL: an in-memory SQLite database cannot be shared between threads "
             "and is lost on restart; name a file, e.g. sqlite:///tasks.sqlite3"

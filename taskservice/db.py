@@ -34,7 +34,9 @@ def is_sqlite(url: URL | str) -> bool:
 
 
 def sqlite_path(url: URL | str) -> str | None:
-    """The file of an SQLite URL, or None for an in-memory database."""
+    """The file of an SQLite URL; None for an in-memory or a non-SQLite database."""
+    if not is_sqlite(url):
+        return None
     database = make_url(url).database
     return None if database in (None, "", ":memory:") else database
 
@@ -107,8 +109,9 @@ class Database:
     def _transaction(self) -> Iterator[Session]:
         session = self.session()
         if session.in_transaction():
-            # Whatever was left open must not decide how this one begins.
-            session.rollback()
+            # Each unit of work is one transaction; nesting would silently
+            # turn a write into part of a read, or roll back the outer one.
+            raise RuntimeError("a transaction is already open in this thread's session")
         with session.begin():
             yield session
 

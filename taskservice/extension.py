@@ -10,7 +10,7 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from taskservice.db import Database
-from taskservice.pool import PoolLock, WorkerPool
+from taskservice.pool import PoolLock, WorkerPool, keep_until_exit
 from taskservice.runner import TaskRunner
 from taskservice.service import TaskService
 
@@ -44,14 +44,17 @@ class TaskServiceExtension:
             database = "ok"
         except SQLAlchemyError as exc:
             database = f"error: {type(exc).__name__}"
-        alive = self.pool.workers.alive() if self.pool else 0
-        healthy = database == "ok" and alive == self.concurrency
+        pool = self.pool
+        alive = pool.workers.alive() if pool else 0
+        lock_held = pool is not None and pool.lock.is_held()
+        healthy = database == "ok" and alive == self.concurrency and lock_held
         report = {
             "status": "ok" if healthy else "unavailable",
             "database": database,
             "workers_alive": alive,
             "workers_expected": self.concurrency,
-            "queued": self.pool.workers.backlog() if self.pool else 0,
+            "pool_lock": "held" if lock_held else "not held",
+            "queued": pool.workers.backlog() if pool else 0,
         }
         return report, healthy
 
@@ -62,8 +65,9 @@ class TaskServiceExtension:
             if self.pool.workers.stop(timeout):
                 self.pool.lock.release()
             else:
-                # Keep the lock: a task still runs here, and another pool on
-                # this database must not start it again. Exiting releases it.
+                # A task still runs here: another pool on this database must
+                # not start it again, so the lock is held until we exit.
+                keep_until_exit(self.pool.lock)
                 logger.warning("pool stopped with tasks still running; they rerun at next start")
             self.pool = None
         self.db.dispose()

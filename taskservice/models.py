@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
 
-from sqlalchemy import DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy import Enum as SQLEnum
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -60,6 +60,9 @@ class TaskPriority(StrEnum):
 
 
 _PRIORITY_RANKS = {TaskPriority.HIGH: 0, TaskPriority.MEDIUM: 1, TaskPriority.LOW: 2}
+
+
+TaskId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -119,7 +122,9 @@ class Task(Base):
         {"sqlite_autoincrement": True},  # a task's number is never reused
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # 64-bit everywhere; SQLite's INTEGER PRIMARY KEY already is, and must be
+    # spelled INTEGER to be the rowid.
+    id: Mapped[int] = mapped_column(TaskId, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     priority: Mapped[TaskPriority] = mapped_column(_enum_column(TaskPriority, "task_priority"))
     duration: Mapped[float] = mapped_column(Float)

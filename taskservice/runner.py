@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from taskservice import tasks
 from taskservice.db import Database
@@ -26,6 +26,7 @@ UNLUCKY_DURATION = 13
 
 FIRST_RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 5.0
+MAX_ERROR_LENGTH = 2000
 
 
 def sleep_body(
@@ -47,11 +48,26 @@ def sleep_body(
     return body
 
 
+def is_transient(error: SQLAlchemyError) -> bool:
+    """Whether trying the same statement again may succeed (lock, lost connection, ...)."""
+    return isinstance(error, OperationalError | InterfaceError) or bool(
+        getattr(error, "connection_invalidated", False)
+    )
+
+
+def clean_error(error: BaseException) -> str:
+    """The message to record for a task that raised `error`; always storable as text."""
+    message = str(error) or type(error).__name__
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return message.replace("\x00", "\\x00")[:MAX_ERROR_LENGTH]
+
+
 class TaskRunner:
     """The pool's handler: runs the task with a given number, start to finish.
 
-    Database errors are logged and retried with backoff until they pass or the
-    runner is stopped; an error in the body fails the task, never the thread.
+    Transient database errors are logged and retried with backoff until they
+    pass or the runner is stopped; an error in the body fails the task, never
+    the thread.
     """
 
     def __init__(self, db: Database, body: Body) -> None:
@@ -63,7 +79,7 @@ class TaskRunner:
         """Run task `task_id` if it is still queued."""
         worker = threading.current_thread().name
         try:
-            task = self._retry(worker, task_id, lambda: self._claim(task_id))
+            task = self._retry(worker, task_id, lambda retry: self._claim(task_id, retry))
             if task is None:
                 logger.info("%s: task %s skipped: no longer in the queue", worker, task_id)
                 return
@@ -88,12 +104,12 @@ class TaskRunner:
         error = None
         try:
             self._body(task)
-        except Exception as exc:
-            error = str(exc) or type(exc).__name__
+        except BaseException as exc:  # even SystemExit from a task must not end the thread
+            error = clean_error(exc)
         exec_time = time.monotonic() - started
         status = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
         finished = self._retry(
-            worker, task.id, lambda: self._finish(task, status, exec_time, error)
+            worker, task.id, lambda retry: self._finish(task, status, exec_time, error, retry)
         )
         if not finished:
             logger.warning("%s: task %s was no longer running; result dropped", worker, task.id)
@@ -102,22 +118,44 @@ class TaskRunner:
         else:
             logger.info("%s: task %s failed in %.3f s: %s", worker, task.id, exec_time, error)
 
-    def _claim(self, task_id: int) -> Task | None:
+    def _claim(self, task_id: int, retry: bool) -> Task | None:
         with self._db.writing() as session:
-            return tasks.claim_task(session, task_id)
+            task = tasks.claim_task(session, task_id)
+            if task is None and retry:
+                # The failed try may have committed before its answer was lost.
+                # Only this process runs tasks on this database (the pool
+                # lock), so a running task here is the one that try claimed.
+                current = tasks.get_task(session, task_id)
+                task = current if current.status is TaskStatus.RUN else None
+            if task is not None:
+                # Detached, the claimed state survives a later rollback (which
+                # would expire it) and the session's removal.
+                session.expunge(task)
+            return task
 
-    def _finish(self, task: Task, status: TaskStatus, exec_time: float, error: str | None) -> bool:
+    def _finish(
+        self, task: Task, status: TaskStatus, exec_time: float, error: str | None, retry: bool
+    ) -> bool:
         with self._db.writing() as session:
-            return tasks.finish_task(
+            finished = tasks.finish_task(
                 session, task.id, task.attempts, status=status, exec_time=exec_time, error=error
             )
+            if not finished and retry:
+                # As in _claim: the failed try may have recorded the result.
+                current = tasks.get_task(session, task.id)
+                return current.attempts == task.attempts and current.status.is_final
+            return finished
 
-    def _retry(self, worker: str, task_id: int, operation: Callable[[], T]) -> T:
+    def _retry(self, worker: str, task_id: int, operation: Callable[[bool], T]) -> T:
+        """Run `operation(retry)` until it passes a transient database error."""
         delay = FIRST_RETRY_DELAY
+        retry = False
         while True:
             try:
-                return operation()
-            except SQLAlchemyError:
+                return operation(retry)
+            except SQLAlchemyError as error:
+                if not is_transient(error):
+                    raise
                 logger.exception(
                     "%s: task %s: database error, retrying in %.2f s", worker, task_id, delay
                 )
@@ -125,3 +163,4 @@ class TaskRunner:
                 if self.stopping.wait(delay):
                     raise
                 delay = min(delay * 2, MAX_RETRY_DELAY)
+                retry = True

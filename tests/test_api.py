@@ -86,6 +86,10 @@ class TestCreate:
     def test_duration_bounds_accepted(self, client: FlaskClient, duration: float):
         assert create(client, duration=duration)["duration"] == duration
 
+    def test_negative_zero_is_zero(self, client: FlaskClient):
+        body = client.post("/tasks", data='{"duration": -0.0}', content_type="application/json")
+        assert body.get_data(as_text=True).count('"duration":0.0') == 1
+
     @pytest.mark.parametrize("name", ["x", "n" * 200, "задача"])
     def test_names_accepted(self, client: FlaskClient, name: str):
         assert create(client, name=name)["name"] == name
@@ -96,10 +100,15 @@ INVALID_BODIES = [
     pytest.param({"duration": 3600.5}, "duration", id="duration over an hour"),
     pytest.param({"duration": "5"}, "duration", id="duration as string"),
     pytest.param({"duration": True}, "duration", id="duration as boolean"),
+    pytest.param({"duration": float("nan")}, "duration", id="duration NaN"),
+    pytest.param({"duration": float("inf")}, "duration", id="duration infinite"),
     pytest.param({"duration": None}, "duration", id="duration null"),
     pytest.param({"name": ""}, "name", id="empty name"),
     pytest.param({"name": "n" * 201}, "name", id="name too long"),
     pytest.param({"name": 5}, "name", id="name not a string"),
+    pytest.param({"name": "a\ud800"}, "name", id="name with a lone surrogate"),
+    pytest.param({"name": "a\u0000b"}, "name", id="name with NUL"),
+    pytest.param({"name": "line\nbreak"}, "name", id="name with a control character"),
     pytest.param({"priority": "urgent"}, "priority", id="unknown priority"),
     pytest.param({"priority": "HIGH"}, "priority", id="priority in capitals"),
     pytest.param({"colour": "red"}, "colour", id="unknown field"),
@@ -125,7 +134,19 @@ class TestCreateRejects:
         assert response.json["errors"]["json"]["_schema"] == ["Invalid input type."]
         assert stored_count(app) == 0
 
-    @pytest.mark.parametrize("body", ["{", '{"duration": }', "{'a': 1}", b"\xff\xfe"])
+    @pytest.mark.parametrize(
+        "body",
+        [
+            "{",
+            '{"duration": }',
+            "{'a': 1}",
+            b"\xff\xfe",
+            "[" * 5000 + "]" * 5000,
+            '{"name": ' + "[" * 5000 + "]" * 5000 + "}",
+            '{"duration": ' + "9" * 5000 + "}",
+        ],
+        ids=["open", "no value", "single quotes", "not utf-8", "deep", "deep field", "huge"],
+    )
     def test_malformed_json(self, client: FlaskClient, app: Flask, body: str | bytes):
         response = client.post("/tasks", data=body, content_type="application/json")
 
@@ -173,9 +194,11 @@ class TestRead:
         ],
     )
     def test_unknown_or_malformed_id(self, client: FlaskClient, path: str):
+        create(client)  # task 1 exists: none of these paths may reach it
         response = client.get(path)
 
         assert response.status_code == 404
+        assert client.delete(path).status_code in (404, 405)
         assert response.json["code"] == 404
         assert response.json["message"]
 
@@ -276,6 +299,8 @@ class TestProtocol:
         assert response.status_code == 405
         assert response.json["code"] == 405
         assert response.is_json
+        assert method.upper() not in response.headers["Allow"]
+        assert "GET" in response.headers["Allow"]
 
     def test_unknown_path_is_json(self, client: FlaskClient):
         response = client.get("/nowhere")
@@ -290,6 +315,10 @@ class TestProtocol:
         assert {"/tasks", "/tasks/{task_id}", "/health"} <= set(spec["paths"])
         responses = spec["paths"]["/tasks/{task_id}"]["delete"]["responses"]
         assert {"200", "404", "409"} <= set(responses)
+        create_responses = spec["paths"]["/tasks"]["post"]["responses"]
+        assert {"201", "400", "413", "415", "422"} <= set(create_responses)
+        task_id = spec["paths"]["/tasks/{task_id}"]["parameters"][0]
+        assert task_id["schema"] == {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 
     def test_swagger_ui_is_served_locally(self, client: FlaskClient):
         page = client.get("/docs")

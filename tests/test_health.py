@@ -18,6 +18,7 @@ def test_healthy(pool_app: Flask):
         "database": "ok",
         "workers_alive": 2,
         "workers_expected": 2,
+        "pool_lock": "held",
         "queued": 0,
     }
 
@@ -38,6 +39,15 @@ def test_dead_worker_is_unavailable(pool_app: Flask):
 
     assert response.status_code == 503
     assert response.json["workers_alive"] == 0
+
+
+def test_lost_pool_lock_is_unavailable(pool_app: Flask):
+    pool_app.extensions[EXTENSION_KEY].pool.lock.release()
+
+    response = pool_app.test_client().get("/health")
+
+    assert response.status_code == 503
+    assert response.json["pool_lock"] == "not held"
 
 
 def test_database_down_is_unavailable(pool_app: Flask, monkeypatch: pytest.MonkeyPatch):

@@ -12,6 +12,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
 from taskservice.api import health, tasks
+from taskservice.api.requests import TaskIdConverter, task_id_schema
 from taskservice.errors import TaskNotCancellable, TaskNotFound, TaskServiceError
 
 SWAGGER_UI_ASSETS = "/docs/assets/"
@@ -40,6 +41,9 @@ class Api(SmorestApi):
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Answer any HTTP error as JSON `{code, status, message[, errors]}`."""
         payload, code, headers = super().handle_http_exception(error)
+        # Keep the exception's own headers, such as Allow on a 405.
+        own = {name: value for name, value in error.get_headers() if name != "Content-Type"}
+        headers = {**own, **(headers or {})}
         if "errors" in payload and "message" not in payload:
             payload["message"] = _INVALID_INPUT.get(code, error.description)
         payload.setdefault("message", error.description)
@@ -79,7 +83,11 @@ def init_app(app: Flask) -> Api:
     """Register the API's blueprints, error handlers and docs on `app`."""
     for key, value in API_SETTINGS.items():
         app.config.setdefault(key, value)
+    # "/tasks//1" is not found, rather than redirected to a URL built from Host.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["task_id"] = TaskIdConverter
     api = Api(app)
+    api.register_converter(TaskIdConverter, task_id_schema)
     api.register_blueprint(tasks.blp)
     api.register_blueprint(health.blp)
     app.register_blueprint(swagger_assets)

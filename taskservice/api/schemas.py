@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from taskservice.models import NAME_MAX_LENGTH, TaskPriority, TaskStatus
 
@@ -17,13 +18,23 @@ def _random_duration() -> int:
     return random.randint(0, 10)
 
 
+def printable_text(value: str) -> None:
+    """Refuse control characters and lone surrogates, which no database stores as text."""
+    for character in value:
+        if unicodedata.category(character) in ("Cc", "Cs"):
+            raise ValidationError(
+                f"Control characters and lone surrogates are not allowed ({character!a})."
+            )
+
+
 class StrictFloat(fields.Float):
     """A JSON number; unlike fields.Float it refuses numeric strings like "5"."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.make_error("invalid")
-        return super()._deserialize(value, attr, data, **kwargs)
+        number: float = super()._deserialize(value, attr, data, **kwargs)
+        return number + 0.0  # -0.0 becomes 0.0
 
 
 class TaskCreateSchema(Schema):
@@ -32,7 +43,7 @@ class TaskCreateSchema(Schema):
     name = fields.String(
         allow_none=True,
         load_default=None,
-        validate=validate.Length(min=1, max=NAME_MAX_LENGTH),
+        validate=[validate.Length(min=1, max=NAME_MAX_LENGTH), printable_text],
         metadata={"description": "A human-readable name.", "example": "nightly report"},
     )
     duration = StrictFloat(
@@ -90,4 +101,5 @@ class HealthSchema(Schema):
     database = fields.String(metadata={"description": "'ok' or the error."})
     workers_alive = fields.Integer()
     workers_expected = fields.Integer()
+    pool_lock = fields.String(metadata={"description": "'held' while this process owns the pool."})
     queued = fields.Integer(metadata={"description": "Task numbers waiting in memory."})

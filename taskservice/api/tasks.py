@@ -5,36 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flask import Request, url_for
+from flask import url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 from flask_smorest.pagination import PaginationParameters
-from webargs import core
-from webargs.flaskparser import FlaskParser, is_json_request
 
+from taskservice.api.requests import JSONBodyParser
 from taskservice.api.schemas import TaskCreateSchema, TaskFilterSchema, TaskSchema
 from taskservice.extension import get_extension
 from taskservice.models import Task
-
-# The largest number SQLite stores; a larger one in the path is simply unknown.
-MAX_TASK_ID = 2**63 - 1
-
-
-class JSONBodyParser(FlaskParser):
-    """webargs' parser, but a body that is not JSON is refused, not ignored.
-
-    An empty body means "all defaults", so `curl -X POST .../tasks` works; a
-    non-empty body must say it is JSON, or the client would silently get a
-    task without the fields it meant to send.
-    """
-
-    def _raw_load_json(self, req: Request) -> Any:
-        data = req.get_data(cache=True)
-        if not data.strip():
-            return core.missing
-        if not is_json_request(req):
-            abort(415, message="The body must be JSON, sent with 'Content-Type: application/json'.")
-        return core.parse_json(data)
 
 
 class TaskBlueprint(Blueprint):
@@ -45,7 +24,8 @@ class TaskBlueprint(Blueprint):
 
 blp = TaskBlueprint("tasks", __name__, url_prefix="/tasks", description="Create and follow tasks.")
 
-TASK_ID = f"<int(max={MAX_TASK_ID}):task_id>"
+TASK_ID = "<task_id:task_id>"
+LOCATION_HEADER = {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}}
 
 
 @blp.route("")
@@ -72,7 +52,12 @@ class Tasks(MethodView):
         return page
 
     @blp.arguments(TaskCreateSchema, required=False)
-    @blp.response(201, TaskSchema, headers={"Location": {"description": "The task's URL."}})
+    @blp.response(
+        201,
+        TaskSchema,
+        headers={"Location": {"description": "The task's URL.", "schema": {"type": "string"}}},
+    )
+    @blp.alt_response(400, response="DEFAULT_ERROR", description="The body is not valid JSON.")
     @blp.alt_response(413, response="DEFAULT_ERROR", description="The body is too large.")
     @blp.alt_response(415, response="DEFAULT_ERROR", description="The body is not JSON.")
     def post(self, fields: dict[str, Any]) -> tuple[Task, int, dict[str, str]]:

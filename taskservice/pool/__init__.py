@@ -1,6 +1,6 @@
 """The worker pool: a priority queue of task numbers drained by a fixed set of threads."""
 
-from taskservice.pool.lock import PoolLock, pool_lock_for
+from taskservice.pool.lock import PoolLock, keep_until_exit, pool_lock_for
 from taskservice.pool.workers import Worker, WorkerPool
 
-__all__ = ["PoolLock", "Worker", "WorkerPool", "pool_lock_for"]
+__all__ = ["PoolLock", "Worker", "WorkerPool", "keep_until_exit", "pool_lock_for"]

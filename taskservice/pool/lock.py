@@ -13,16 +13,22 @@ import time
 from typing import Protocol
 
 from filelock import FileLock, Timeout
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, Integer, cast, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from taskservice.db import Database, backend_name, sqlite_path
 from taskservice.errors import DatabaseInUse
 
 logger = logging.getLogger(__name__)
 
-# pg_try_advisory_lock's key for the pool: "taskserv" read as a 64-bit integer.
-ADVISORY_LOCK_KEY = int.from_bytes(b"taskserv", "big")
+# The advisory lock's key: this service ("task" as a 32-bit integer) and the
+# schema that holds the tasks table, so each schema has its own pool.
+ADVISORY_LOCK_CLASS = int.from_bytes(b"task", "big")
 ADVISORY_LOCK_POLL = 0.1
+
+# Locks whose pool could not stop: kept referenced until the process exits,
+# since dropping the last reference to a lock releases it.
+_kept_until_exit: list[PoolLock] = []
 
 
 class PoolLock(Protocol):
@@ -33,6 +39,14 @@ class PoolLock(Protocol):
 
     def release(self) -> None:
         """Let another process run the pool."""
+
+    def is_held(self) -> bool:
+        """Whether this process still holds the lock."""
+
+
+def keep_until_exit(lock: PoolLock) -> None:
+    """Hold `lock` until the process exits: a task of its pool still runs here."""
+    _kept_until_exit.append(lock)
 
 
 def pool_lock_for(db: Database, timeout: float) -> PoolLock:
@@ -72,6 +86,10 @@ class SQLiteFileLock:
         """Unlock the lock file."""
         self._lock.release()
 
+    def is_held(self) -> bool:
+        """Whether this process holds the lock file."""
+        return self._lock.is_locked
+
 
 class PostgresAdvisoryLock:
     """A session-level advisory lock on a connection kept open for the purpose."""
@@ -80,24 +98,38 @@ class PostgresAdvisoryLock:
         self._engine = engine
         self.timeout = timeout
         self._connection: Connection | None = None
+        self._key = (
+            cast(ADVISORY_LOCK_CLASS, Integer),
+            func.hashtext(func.current_schema()),
+        )
 
     def acquire(self) -> None:
         """Take the advisory lock, retrying until `timeout` s have passed."""
         # Autocommit: the connection holds the lock, never an idle transaction.
         connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         deadline = time.monotonic() + self.timeout
-        try_lock = select(func.pg_try_advisory_lock(ADVISORY_LOCK_KEY))
+        try_lock = select(func.pg_try_advisory_lock(*self._key))
         while not connection.execute(try_lock).scalar():
             if time.monotonic() >= deadline:
                 connection.close()
-                raise _in_use(f"advisory lock {ADVISORY_LOCK_KEY}", self.timeout)
+                raise _in_use("PostgreSQL advisory lock", self.timeout)
             time.sleep(ADVISORY_LOCK_POLL)
         self._connection = connection
-        logger.debug("pool advisory lock %s acquired", ADVISORY_LOCK_KEY)
+        logger.debug("pool advisory lock acquired")
 
     def release(self) -> None:
         """Unlock and close the lock's connection."""
         if self._connection is not None:
-            self._connection.execute(select(func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
+            self._connection.execute(select(func.pg_advisory_unlock(*self._key)))
             self._connection.close()
             self._connection = None
+
+    def is_held(self) -> bool:
+        """Whether the lock's connection, and so the lock, is still alive."""
+        if self._connection is None:
+            return False
+        try:
+            self._connection.execute(select(1))
+        except SQLAlchemyError:
+            return False
+        return True

@@ -29,7 +29,7 @@ def upgrade() -> None:
     """Create the tasks table and its indexes."""
     op.create_table(
         "tasks",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=True),
         sa.Column("priority", _enum(PRIORITIES, "task_priority"), nullable=False),
         sa.Column("duration", sa.Float(), nullable=False),

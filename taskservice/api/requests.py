@@ -1,0 +1,74 @@
+"""Reading requests safely: the JSON body and the task number in the path."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Request
+from flask_smorest import abort
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter, Map
+
+# The largest integer SQLite and PostgreSQL store; a larger number is no task.
+MAX_TASK_ID = 2**63 - 1
+
+
+class TaskIdConverter(IntegerConverter):
+    """A task number in a path: ASCII digits only, at most MAX_TASK_ID.
+
+    werkzeug's int converter also takes the digits of other scripts (Arabic-Indic
+    one is 1), which would give one task many URLs.
+    """
+
+    regex = r"[0-9]+"
+
+    def __init__(self, url_map: Map) -> None:
+        super().__init__(url_map, max=MAX_TASK_ID)
+
+
+def task_id_schema(_converter: TaskIdConverter) -> dict[str, Any]:
+    """How OpenAPI describes a task number in a path."""
+    return {"type": "integer", "minimum": 0, "maximum": MAX_TASK_ID}
+
+
+def read_body(request: Request) -> bytes:
+    """The whole request body; 413 if it is over the limit, 400 if it cannot be read."""
+    try:
+        data = request.get_data(cache=True)
+    except HTTPException:
+        raise
+    except Exception:  # the server's body reader: e.g. a malformed chunk size
+        abort(400, message="The body could not be read: its transfer encoding is malformed.")
+    limit = request.max_content_length
+    # A streamed (chunked) body has no Content-Length for werkzeug to check
+    # first, and its reader silently stops at the limit: a body that reaches
+    # it may have been cut short.
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        abort(413, message=f"The body is larger than {limit} bytes.")
+    return data
+
+
+class JSONBodyParser(FlaskParser):
+    """webargs' parser, stricter about bodies.
+
+    An empty body means "all defaults", so `curl -X POST .../tasks` works; a
+    non-empty body must say it is JSON, or the client would silently get a
+    task without the fields it meant to send. JSON that Python cannot hold
+    (nesting too deep, integers too long) is malformed input, not a crash.
+    """
+
+    def _raw_load_json(self, req: Request) -> Any:
+        data = read_body(req)
+        if not data.strip():
+            return core.missing
+        if not is_json_request(req):
+            abort(415, message="The body must be JSON, sent with 'Content-Type: application/json'.")
+        try:
+            return core.parse_json(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise  # webargs answers these itself
+        except (RecursionError, ValueError) as exc:
+            abort(400, messages={"json": [f"Invalid JSON body: {exc}"]})
