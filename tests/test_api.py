@@ -187,8 +187,16 @@ class TestRead:
             "/tasks/999",
             "/tasks/0",
             "/tasks/-1",
+            "/tasks/+1",
             "/tasks/abc",
             "/tasks/1.5",
+            "/tasks/1/",
+            "/tasks//1",
+            "/tasks/%D9%A1",  # Arabic-Indic digit one
+            "/tasks/%EF%BC%91",  # fullwidth digit one
+            f"/tasks/{2**31}",
+            f"/tasks/{2**63 - 1}",
+            f"/tasks/{2**63}",
             f"/tasks/{2**64}",
             "/tasks/" + "9" * 400,
         ],
