@@ -52,11 +52,20 @@ def test_values_from_the_environment(tmp_path: Path):
         ("TASKSERVICE_TIME_SCALE", "fast", "TASKSERVICE_TIME_SCALE must be a number"),
         ("DATABASE_URL", "sqlite://", "in-memory SQLite"),
         ("DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite"),
+        ("DATABASE_URL", "mysql://root@localhost/tasks", "mysql is not supported"),
+        ("DATABASE_URL", "not a url", "DATABASE_URL is not a database URL"),
     ],
 )
 def test_malformed_settings_are_refused(tmp_path: Path, name: str, value: str, message: str):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         load_config({name: value}, str(tmp_path))
+
+
+def test_a_malformed_url_is_not_echoed(tmp_path: Path):
+    """A database URL may carry a password; the error must not print it."""
+    with pytest.raises(ConfigError) as error:
+        load_config({"DATABASE_URL": "secret-password-in-a-bad-url"}, str(tmp_path))
+    assert "secret" not in str(error.value)
 
 
 def test_factory_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

@@ -111,3 +111,8 @@ def test_naive_times_are_refused(db: Database):
         with pytest.raises(StatementError, match="naive datetimes"):
             session.flush()
         session.rollback()
+
+
+def test_transactions_do_not_nest(db: Database):
+    with db.reading(), pytest.raises(RuntimeError, match="already open"), db.writing():
+        pass

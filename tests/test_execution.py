@@ -6,7 +6,6 @@ import random
 
 from flask import Flask
 
-from taskservice.extension import get_extension
 from taskservice.models import TaskStatus
 from tests.conftest import AppFactory
 from tests.helpers import all_tasks, max_overlap, wait_for
@@ -109,15 +108,3 @@ def test_failing_tasks_leave_the_workers_alive(make_app: AppFactory):
     assert {task.status for task in all_tasks(app)} == {TaskStatus.FAILED}
     assert {task.error for task in all_tasks(app)} == {"random failure (failure rate 1)"}
     assert client.get("/health").json["workers_alive"] == 2
-
-
-def test_new_tasks_start_at_once_when_a_slot_is_free(pool_app: Flask):
-    client = pool_app.test_client()
-    task_id = client.post("/tasks", json={"duration": 0}).json["id"]
-
-    wait_for(lambda: client.get(f"/tasks/{task_id}").json["status"] == "Completed")
-
-    with pool_app.app_context():
-        task = get_extension().service.get(task_id)
-    assert task.start_time is not None
-    assert (task.start_time - task.create_time).total_seconds() < 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,3 +98,41 @@ def test_preload_is_refused(servers: list[Server], database_url: str, tmp_path: 
     assert server.process is not None
     assert server.process.wait(timeout=60) != 0
     assert "do not run with --preload" in server.log()
+
+
+def send_raw(server: Server, request: bytes) -> tuple[int, bytes]:
+    """Send bytes as they are and read the status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def chunked_post(chunks: list[bytes], *, end: bytes = b"0\r\n\r\n") -> bytes:
+    encoded = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    return (
+        b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + encoded + end
+    )
+
+
+def test_chunked_bodies(servers: list[Server], database_url: str, tmp_path: Path):
+    server = start(servers, database_url, tmp_path / "gunicorn.log")
+    server.wait_healthy()
+
+    small = send_raw(server, chunked_post([b'{"name": "chun', b'ked", "duration": 1}']))
+    padded = send_raw(server, chunked_post([b'{"name": "x"}', b" " * 70_000, b"GARBAGE"]))
+    large = send_raw(server, chunked_post([b" " * 1024] * 100))
+    broken = send_raw(server, chunked_post([b"{}"], end=b"zz\r\n"))
+
+    assert small[0] == 201
+    assert json.loads(small[1])["name"] == "chunked"
+    assert padded[0] == 413
+    assert large[0] == 413
+    assert broken[0] == 400
+    assert "transfer encoding is malformed" in json.loads(broken[1])["message"]
+    _status, page = server.request("GET", "/tasks")
+    assert len(page) == 1

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from taskservice.db import Database
 from taskservice.errors import DatabaseInUse
+from taskservice.pool.lock import PostgresAdvisoryLock, SQLiteFileLock, pool_lock_for
 from tests.conftest import AppFactory
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,3 +56,30 @@ def test_second_process_refuses_to_start(make_app: AppFactory, database_url: str
 
     assert result.returncode != 0
     assert "DatabaseInUse: another process runs the task pool on this database" in result.stderr
+
+
+def test_each_database_gets_its_kind_of_lock(database_url: str):
+    db = Database(database_url)
+    try:
+        lock = pool_lock_for(db, timeout=0.1)
+    finally:
+        db.dispose()
+
+    expected = SQLiteFileLock if database_url.startswith("sqlite") else PostgresAdvisoryLock
+    assert type(lock) is expected
+
+
+def test_a_pool_that_cannot_stop_keeps_the_lock(make_app: AppFactory):
+    app = make_app(TASKSERVICE_TIME_SCALE=0.05)  # duration 10 runs for 0.5 s
+    client = app.test_client()
+    ids = [client.post("/tasks", json={"duration": 10}).json["id"] for _ in range(2)]
+    wait_for(lambda: all(client.get(f"/tasks/{i}").json["status"] == "Run" for i in ids))
+
+    app.extensions["taskservice"].close(timeout=0)
+
+    # Both tasks still run in this process: a new pool must not start them again.
+    with pytest.raises(DatabaseInUse):
+        make_app()
+    reader = make_app(start_pool=False).test_client()
+    wait_for(lambda: all(reader.get(f"/tasks/{i}").json["status"] == "Completed" for i in ids))
+    assert [reader.get(f"/tasks/{i}").json["attempts"] for i in ids] == [1, 1]
