@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from alembic import command
@@ -77,6 +78,13 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url)
         self.session = scoped_session(sessionmaker(self.engine, expire_on_commit=False))
+        # SQLite has one writer at a time, and its busy handler polls with
+        # sleeps of up to 100 ms, so a writer can starve while others keep
+        # taking the lock. This process is the database's only writer (one
+        # pool per database), so its threads queue here instead, in order.
+        self._write_turn: AbstractContextManager[object] = (
+            threading.Lock() if is_sqlite(url) else nullcontext()
+        )
 
     def upgrade_schema(self) -> None:
         """Apply the schema migrations the database has not had yet."""
@@ -90,7 +98,7 @@ class Database:
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A session in a write transaction, committed on success, rolled back on error."""
-        with self._transaction() as session:
+        with self._transaction(self._write_turn) as session:
             session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
             yield session
 
@@ -102,17 +110,18 @@ class Database:
         WAL from being checkpointed. With expire_on_commit off, the objects
         read stay usable after it.
         """
-        with self._transaction() as session:
+        with self._transaction(nullcontext()) as session:
             yield session
 
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
+    def _transaction(self, turn: AbstractContextManager[object]) -> Iterator[Session]:
         session = self.session()
         if session.in_transaction():
             # Each unit of work is one transaction; nesting would silently
-            # turn a write into part of a read, or roll back the outer one.
+            # turn a write into part of a read, or roll back the outer one
+            # (and, for a write, wait forever for its own turn).
             raise RuntimeError("a transaction is already open in this thread's session")
-        with session.begin():
+        with turn, session.begin():
             yield session
 
     def ping(self) -> None:

@@ -116,3 +116,8 @@ def test_naive_times_are_refused(db: Database):
 def test_transactions_do_not_nest(db: Database):
     with db.reading(), pytest.raises(RuntimeError, match="already open"), db.writing():
         pass
+
+
+def test_writes_do_not_nest(db: Database):
+    with db.writing(), pytest.raises(RuntimeError, match="already open"), db.writing():
+        pass
