@@ -18,8 +18,9 @@ preload_app = False
 graceful_timeout = 10
 keepalive = 5
 
-# gunicorn refuses, with its own plain-text 400, request lines and headers
-# beyond these; the app's own limit on bodies (64 KiB, JSON 413) is far below.
+# gunicorn refuses request lines (414) and headers (431) beyond these with its
+# own HTML page, before the app sees them; the app answers everything else as
+# JSON, bodies over 64 KiB included (413).
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190

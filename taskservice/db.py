@@ -80,8 +80,9 @@ class Database:
         self.session = scoped_session(sessionmaker(self.engine, expire_on_commit=False))
         # SQLite has one writer at a time, and its busy handler polls with
         # sleeps of up to 100 ms, so a writer can starve while others keep
-        # taking the lock. This process is the database's only writer (one
-        # pool per database), so its threads queue here instead, in order.
+        # taking the lock. Nearly every write comes from this process (one
+        # pool per database), so its threads wait here instead, woken as soon
+        # as the turn is free; other processes still meet the busy timeout.
         self._write_turn: AbstractContextManager[object] = (
             threading.Lock() if is_sqlite(url) else nullcontext()
         )

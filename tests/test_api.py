@@ -188,6 +188,8 @@ class TestRead:
             "/tasks/0",
             "/tasks/-1",
             "/tasks/+1",
+            "/tasks/01",
+            "/tasks/0001",
             "/tasks/abc",
             "/tasks/1.5",
             "/tasks/1/",
@@ -326,7 +328,7 @@ class TestProtocol:
         create_responses = spec["paths"]["/tasks"]["post"]["responses"]
         assert {"201", "400", "413", "415", "422"} <= set(create_responses)
         task_id = spec["paths"]["/tasks/{task_id}"]["parameters"][0]
-        assert task_id["schema"] == {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+        assert task_id["schema"] == {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
     def test_swagger_ui_is_served_locally(self, client: FlaskClient):
         page = client.get("/docs")

@@ -22,7 +22,8 @@ class Health(MethodView):
     def get(self) -> tuple[dict[str, Any], int]:
         """Check the database and the worker threads
 
-        200 when the database answers and every worker thread is alive, 503 otherwise.
+        200 when the database answers, every worker thread is alive and this process holds
+        the database's pool lock; 503 otherwise.
         """
         report, healthy = get_extension().health()
         return report, 200 if healthy else 503

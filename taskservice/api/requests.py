@@ -17,13 +17,13 @@ MAX_TASK_ID = 2**63 - 1
 
 
 class TaskIdConverter(IntegerConverter):
-    """A task number in a path: ASCII digits only, at most MAX_TASK_ID.
+    """A task number in a path: ASCII digits without leading zeros, at most MAX_TASK_ID.
 
-    werkzeug's int converter also takes the digits of other scripts (Arabic-Indic
-    one is 1), which would give one task many URLs.
+    werkzeug's int converter also takes "01" and the digits of other scripts
+    (Arabic-Indic one is 1), which would give one task many URLs.
     """
 
-    regex = r"[0-9]+"
+    regex = r"[1-9][0-9]*"
 
     def __init__(self, url_map: Map) -> None:
         super().__init__(url_map, max=MAX_TASK_ID)
@@ -31,7 +31,7 @@ class TaskIdConverter(IntegerConverter):
 
 def task_id_schema(_converter: TaskIdConverter) -> dict[str, Any]:
     """How OpenAPI describes a task number in a path."""
-    return {"type": "integer", "minimum": 0, "maximum": MAX_TASK_ID}
+    return {"type": "integer", "minimum": 1, "maximum": MAX_TASK_ID}
 
 
 def read_body(request: Request) -> bytes:
