@@ -39,8 +39,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     db = Database(app.config["DATABASE_URL"])
     pool = None
     try:
-        db.upgrade_schema()
+        # The pool lock first: a migration must not change the schema under
+        # another process's running pool.
         pool = open_task_pool(app.config, db) if start_pool else None
+        db.upgrade_schema()
         service = TaskService(db) if pool is None else TaskService(db, submit=pool.workers.submit)
         if pool is not None:
             start_task_pool(pool, service)

@@ -92,6 +92,7 @@ class Database:
         config = AlembicConfig()
         config.set_main_option("script_location", "taskservice:migrations")
         with self.engine.connect() as connection:
+            connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -13,6 +16,8 @@ from sqlalchemy import inspect
 
 from taskservice.db import Database
 from taskservice.models import Base
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -50,3 +55,30 @@ def test_downgrade_removes_everything(db: Database):
         connection.commit()
 
     assert set(inspect(db.engine).get_table_names()) == {"alembic_version"}
+
+
+def test_concurrent_starts_migrate_once(database_url: str):
+    """Processes starting together on an empty database must not race to create it."""
+    script = (
+        "import sys; from taskservice.db import Database; Database(sys.argv[1]).upgrade_schema()"
+    )
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, database_url],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    errors = [starter.communicate(timeout=60)[1] for starter in starters]
+    failures = [
+        error for starter, error in zip(starters, errors, strict=True) if starter.returncode
+    ]
+
+    assert failures == []
+    checker = Database(database_url)
+    try:
+        assert differences(checker) == []
+    finally:
+        checker.dispose()

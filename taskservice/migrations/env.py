@@ -9,19 +9,24 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, text
 
 from taskservice.models import Base
 
 
 def run_migrations(connection: Connection) -> None:
-    """Apply the pending revisions in one transaction."""
+    """Apply the pending revisions in one transaction, one process at a time."""
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
         render_as_batch=True,  # SQLite alters tables by copying them
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Processes starting together would otherwise all find the schema
+            # empty and race to create it. Released at commit. (On SQLite the
+            # service begins this transaction IMMEDIATE, which serialises it.)
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('taskservice.schema'))"))
         context.run_migrations()
 
 
