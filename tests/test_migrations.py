@@ -57,24 +57,37 @@ def test_downgrade_removes_everything(db: Database):
     assert set(inspect(db.engine).get_table_names()) == {"alembic_version"}
 
 
+# Imports first, then waits for the word to go, so that all starters migrate at once.
+STARTER = """
+import sys
+from taskservice.db import Database
+database = Database(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+database.upgrade_schema()
+"""
+
+
 def test_concurrent_starts_migrate_once(database_url: str):
     """Processes starting together on an empty database must not race to create it."""
-    script = (
-        "import sys; from taskservice.db import Database; Database(sys.argv[1]).upgrade_schema()"
-    )
     starters = [
         subprocess.Popen(
-            [sys.executable, "-c", script, database_url],
+            [sys.executable, "-c", STARTER, database_url],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for _ in range(6)
     ]
-    errors = [starter.communicate(timeout=60)[1] for starter in starters]
-    failures = [
-        error for starter, error in zip(starters, errors, strict=True) if starter.returncode
+    for starter in starters:
+        assert starter.stdout is not None
+        assert starter.stdout.readline() == "ready\n"
+    results = [
+        (starter.communicate("go\n", timeout=60)[1], starter.returncode) for starter in starters
     ]
+    failures = [error for error, returncode in results if returncode != 0]
 
     assert failures == []
     checker = Database(database_url)
