@@ -84,9 +84,11 @@ def test_concurrent_starts_migrate_once(database_url: str):
     for starter in starters:
         assert starter.stdout is not None
         assert starter.stdout.readline() == "ready\n"
-    results = [
-        (starter.communicate("go\n", timeout=60)[1], starter.returncode) for starter in starters
-    ]
+    for starter in starters:
+        assert starter.stdin is not None
+        starter.stdin.write("go\n")
+        starter.stdin.flush()
+    results = [(starter.communicate(timeout=60)[1], starter.returncode) for starter in starters]
     failures = [error for error, returncode in results if returncode != 0]
 
     assert failures == []
