@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "taskservice"
 
+# A worker that has retried a database error for this long is reported stuck.
+STUCK_AFTER = 10.0
+
 
 @dataclass
 class Pool:
@@ -47,12 +50,14 @@ class TaskServiceExtension:
         pool = self.pool
         alive = pool.workers.alive() if pool else 0
         lock_held = pool is not None and pool.lock.is_held()
-        healthy = database == "ok" and alive == self.concurrency and lock_held
+        stuck = pool.runner.stuck(longer_than=STUCK_AFTER) if pool else []
+        healthy = database == "ok" and alive == self.concurrency and lock_held and not stuck
         report = {
             "status": "ok" if healthy else "unavailable",
             "database": database,
             "workers_alive": alive,
             "workers_expected": self.concurrency,
+            "workers_stuck": stuck,
             "pool_lock": "held" if lock_held else "not held",
             "queued": pool.workers.backlog() if pool else 0,
         }

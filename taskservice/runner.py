@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from taskservice import tasks
 from taskservice.db import Database
@@ -48,13 +48,6 @@ def sleep_body(
     return body
 
 
-def is_transient(error: SQLAlchemyError) -> bool:
-    """Whether trying the same statement again may succeed (lock, lost connection, ...)."""
-    return isinstance(error, OperationalError | InterfaceError) or bool(
-        getattr(error, "connection_invalidated", False)
-    )
-
-
 def clean_error(error: BaseException) -> str:
     """The message to record for a task that raised `error`; always storable as text."""
     message = str(error) or type(error).__name__
@@ -65,15 +58,28 @@ def clean_error(error: BaseException) -> str:
 class TaskRunner:
     """The pool's handler: runs the task with a given number, start to finish.
 
-    Transient database errors are logged and retried with backoff until they
-    pass or the runner is stopped; an error in the body fails the task, never
-    the thread.
+    Database errors are logged and retried with backoff until they pass or
+    the runner is stopped: giving up would strand the task until a restart.
+    An error in the body fails the task, never the thread.
     """
 
-    def __init__(self, db: Database, body: Body) -> None:
+    def __init__(
+        self, db: Database, body: Body, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._db = db
         self._body = body
+        self._clock = clock
+        self._retrying_since: dict[str, float] = {}
         self.stopping = threading.Event()
+
+    def stuck(self, longer_than: float) -> list[str]:
+        """The workers that have been retrying a database error for over `longer_than` s."""
+        now = self._clock()
+        return sorted(
+            worker
+            for worker, since in list(self._retrying_since.items())
+            if now - since > longer_than
+        )
 
     def __call__(self, task_id: int) -> None:
         """Run task `task_id` if it is still queued."""
@@ -147,20 +153,23 @@ class TaskRunner:
             return finished
 
     def _retry(self, worker: str, task_id: int, operation: Callable[[bool], T]) -> T:
-        """Run `operation(retry)` until it passes a transient database error."""
+        """Run `operation(retry)` until it gets through without a database error."""
         delay = FIRST_RETRY_DELAY
         retry = False
         while True:
             try:
-                return operation(retry)
-            except SQLAlchemyError as error:
-                if not is_transient(error):
-                    raise
+                result = operation(retry)
+            except SQLAlchemyError:
+                self._retrying_since.setdefault(worker, self._clock())
                 logger.exception(
                     "%s: task %s: database error, retrying in %.2f s", worker, task_id, delay
                 )
                 self._db.remove_session()
                 if self.stopping.wait(delay):
+                    self._retrying_since.pop(worker, None)
                     raise
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 retry = True
+            else:
+                self._retrying_since.pop(worker, None)
+                return result

@@ -18,6 +18,7 @@ def test_healthy(pool_app: Flask):
         "database": "ok",
         "workers_alive": 2,
         "workers_expected": 2,
+        "workers_stuck": [],
         "pool_lock": "held",
         "queued": 0,
     }
@@ -48,6 +49,16 @@ def test_lost_pool_lock_is_unavailable(pool_app: Flask):
 
     assert response.status_code == 503
     assert response.json["pool_lock"] == "not held"
+
+
+def test_a_stuck_worker_is_unavailable(pool_app: Flask, monkeypatch: pytest.MonkeyPatch):
+    runner = pool_app.extensions[EXTENSION_KEY].pool.runner
+    monkeypatch.setattr(runner, "stuck", lambda longer_than: ["worker-1"])
+
+    response = pool_app.test_client().get("/health")
+
+    assert response.status_code == 503
+    assert response.json["workers_stuck"] == ["worker-1"]
 
 
 def test_database_down_is_unavailable(pool_app: Flask, monkeypatch: pytest.MonkeyPatch):

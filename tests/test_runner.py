@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -387,22 +388,54 @@ def test_a_finish_whose_commit_was_not_acknowledged_is_not_reported_lost(
     assert "result dropped" not in caplog.text
 
 
-def test_permanent_database_errors_are_not_retried(
+def test_every_database_error_is_retried(
     app: Flask, runner: TaskRunner, monkeypatch: pytest.MonkeyPatch
 ):
     task_id = new_task(app)
-    calls = []
+    real_claim = tasks.claim_task
+    failures = iter([True, True, False])
+
+    def claim(session, claimed_id):
+        if next(failures):
+            raise IntegrityError("UPDATE tasks", {}, Exception("constraint failed"))
+        return real_claim(session, claimed_id)
+
+    monkeypatch.setattr(tasks, "claim_task", claim)
+    runner(task_id)
+
+    assert read(app, task_id).status is TaskStatus.COMPLETED
+
+
+def test_a_worker_retrying_for_long_is_reported_stuck(app: Flask, monkeypatch: pytest.MonkeyPatch):
+    now = [100.0]
+    body = sleep_body(time_scale=0, failure_rate=0)
+    runner = TaskRunner(get_extension_of(app).db, body, clock=lambda: now[0])
+    task_id = new_task(app)
+    calls: list[int] = []
+    retried = threading.Event()
 
     def broken_claim(_session, _task_id):
         calls.append(1)
-        raise IntegrityError("UPDATE tasks", {}, Exception("constraint failed"))
+        if len(calls) == 2:  # the first failure has been counted by now
+            retried.set()
+        raise OperationalError("UPDATE tasks", {}, Exception("disk I/O error"))
 
     monkeypatch.setattr(tasks, "claim_task", broken_claim)
 
-    with pytest.raises(IntegrityError):
-        runner(task_id)
-    assert len(calls) == 1
-    assert read(app, task_id).status is TaskStatus.IN_QUEUE
+    def run() -> None:
+        with contextlib.suppress(OperationalError):  # re-raised once the runner stops
+            runner(task_id)
+
+    worker = threading.Thread(target=run, name="worker-7")
+    worker.start()
+    assert retried.wait(10)
+
+    assert runner.stuck(longer_than=10) == []
+    now[0] += 11
+    assert runner.stuck(longer_than=10) == ["worker-7"]
+    runner.stop()
+    worker.join(10)
+    assert runner.stuck(longer_than=10) == []
 
 
 def test_a_stopping_runner_gives_up_on_database_errors(

@@ -101,5 +101,9 @@ class HealthSchema(Schema):
     database = fields.String(metadata={"description": "'ok' or the error."})
     workers_alive = fields.Integer()
     workers_expected = fields.Integer()
+    workers_stuck = fields.List(
+        fields.String(),
+        metadata={"description": "Workers retrying a database error for over 10 s."},
+    )
     pool_lock = fields.String(metadata={"description": "'held' while this process owns the pool."})
     queued = fields.Integer(metadata={"description": "Task numbers waiting in memory."})
