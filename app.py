@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,8 @@ from taskservice import api
 from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
 from taskservice.extension import EXTENSION_KEY, Pool, TaskServiceExtension
-from taskservice.pool import WorkerPool, pool_lock_for
+from taskservice.models import TaskStatus
+from taskservice.pool import LOCK_LOSS_GRACE, LockWatchdog, WorkerPool, pool_lock_for
 from taskservice.runner import TaskRunner, sleep_body
 from taskservice.service import TaskService
 
@@ -63,14 +65,19 @@ def open_task_pool(config: Config, db: Database) -> Pool:
     """Take the database's pool lock and build the workers, not started yet."""
     lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
     lock.acquire()
+    watchdog = LockWatchdog(lock)  # started by the server process (gunicorn.conf.py)
     body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
-    runner = TaskRunner(db, body)
+    runner = TaskRunner(db, body, may_claim=lambda: not watchdog.lost.is_set())
     workers = WorkerPool(runner, concurrency=config["TASKSERVICE_CONCURRENCY"])
-    return Pool(workers=workers, runner=runner, lock=lock)
+    return Pool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
 
 
 def start_task_pool(pool: Pool, service: TaskService) -> None:
     """Queue what the database holds (requeuing what a dead process left), then start."""
+    if pool.lock.can_be_lost and service.count(status=TaskStatus.RUN):
+        # A predecessor that lost this lock may still be running those tasks
+        # until its watchdog stops it; give it the time to.
+        time.sleep(LOCK_LOSS_GRACE)
     for rank, task_id in service.recover():
         pool.workers.submit(rank, task_id)
     pool.workers.start()

@@ -53,6 +53,18 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         )
 
 
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Watch the pool lock; if it is ever lost, end this worker at once.
+
+    Another process may then take the lock and requeue the tasks running
+    here; exiting stops them (a sleeping task cannot be interrupted), and
+    gunicorn starts a fresh worker, which waits for the lock and recovers.
+    """
+    extension = worker.wsgi.extensions["taskservice"]
+    if extension.pool is not None and extension.pool.lock.can_be_lost:
+        extension.pool.watchdog.start(on_lost=lambda: os._exit(1))
+
+
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Stop the task pool when the worker process ends."""
     # `wsgi` is missing when the app failed to build (e.g. the database is in use).

@@ -10,7 +10,7 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from taskservice.db import Database
-from taskservice.pool import PoolLock, WorkerPool, keep_until_exit
+from taskservice.pool import LockWatchdog, PoolLock, WorkerPool, keep_until_exit
 from taskservice.runner import TaskRunner
 from taskservice.service import TaskService
 
@@ -29,6 +29,7 @@ class Pool:
     workers: WorkerPool
     runner: TaskRunner
     lock: PoolLock
+    watchdog: LockWatchdog
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TaskServiceExtension:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the pool (running tasks get `timeout` s to end), then release the database."""
         if self.pool is not None:
+            self.pool.watchdog.stop()
             self.pool.runner.stop()
             if self.pool.workers.stop(timeout):
                 self.pool.lock.release()

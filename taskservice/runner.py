@@ -64,10 +64,16 @@ class TaskRunner:
     """
 
     def __init__(
-        self, db: Database, body: Body, clock: Callable[[], float] = time.monotonic
+        self,
+        db: Database,
+        body: Body,
+        *,
+        may_claim: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._body = body
+        self._may_claim = may_claim
         self._clock = clock
         self._retrying_since: dict[str, float] = {}
         self.stopping = threading.Event()
@@ -84,6 +90,12 @@ class TaskRunner:
     def __call__(self, task_id: int) -> None:
         """Run task `task_id` if it is still queued."""
         worker = threading.current_thread().name
+        if not self._may_claim():
+            # The pool lock is lost: the task stays queued for the next holder.
+            logger.error(
+                "%s: task %s not started: this process lost the pool lock", worker, task_id
+            )
+            return
         try:
             task = self._retry(worker, task_id, lambda retry: self._claim(task_id, retry))
             if task is None:

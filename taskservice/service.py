@@ -54,6 +54,11 @@ class TaskService:
                 session, status=status, priority=priority, offset=offset, limit=limit
             )
 
+    def count(self, *, status: TaskStatus) -> int:
+        """How many tasks have `status`."""
+        with self._db.reading() as session:
+            return tasks.count_tasks(session, status=status)
+
     def cancel(self, task_id: int) -> Task:
         """Cancel a task that is still queued."""
         with self._db.writing() as session:

@@ -66,6 +66,11 @@ def list_tasks(
     return page, total
 
 
+def count_tasks(session: Session, *, status: TaskStatus) -> int:
+    """How many tasks have `status`."""
+    return session.scalar(select(func.count()).where(Task.status == status)) or 0
+
+
 def cancel_task(session: Session, task_id: int) -> Task:
     """Cancel a queued task, or raise why it cannot be cancelled."""
     now = utcnow()

@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.server import Server
+from tests.test_watchdog import terminate_lock_connection
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def servers(tmp_path: Path) -> Iterator[list[Server]]:
 
 
 def start(servers: list[Server], database_url: str, log: Path, **env: str) -> Server:
-    server = Server(database_url, log, TASKSERVICE_TIME_SCALE="0.02", **env).start()
+    server = Server(database_url, log, **{"TASKSERVICE_TIME_SCALE": "0.02", **env}).start()
     servers.append(server)
     return server
 
@@ -136,3 +137,34 @@ def test_chunked_bodies(servers: list[Server], database_url: str, tmp_path: Path
     assert "transfer encoding is malformed" in json.loads(broken[1])["message"]
     _status, page = server.request("GET", "/tasks")
     assert len(page) == 1
+
+
+def test_a_worker_that_loses_the_pool_lock_is_replaced(
+    servers: list[Server], database_url: str, tmp_path: Path
+):
+    if database_url.startswith("sqlite"):
+        pytest.skip("an SQLite lock file cannot be lost while its process lives")
+    log = tmp_path / "gunicorn.log"
+    server = start(servers, database_url, log, TASKSERVICE_TIME_SCALE="0.1")
+    server.wait_healthy()
+    ids = [server.request("POST", "/tasks", {"duration": 10})[1]["id"] for _ in range(4)]
+    wait_for(lambda: len(server.request("GET", "/tasks?status=Run")[1]) == 2)
+
+    terminate_lock_connection(database_url)
+
+    running_seen: set[int] = set()
+
+    def all_completed() -> bool:
+        try:
+            tasks = [server.request("GET", f"/tasks/{task_id}")[1] for task_id in ids]
+        except OSError:  # between the old worker and the new one
+            return False
+        running_seen.add(sum(task["status"] == "Run" for task in tasks))
+        return all(task["status"] == "Completed" for task in tasks)
+
+    wait_for(all_completed, timeout=60, interval=0.05)
+    log_text = server.log()
+    assert "the pool lock is lost" in log_text
+    assert log_text.count("Booting worker") == 2
+    assert "2 interrupted task(s) queued again" in log_text
+    assert max(running_seen) <= 2

@@ -1,6 +1,15 @@
 """The worker pool: a priority queue of task numbers drained by a fixed set of threads."""
 
 from taskservice.pool.lock import PoolLock, keep_until_exit, pool_lock_for
+from taskservice.pool.watchdog import LOCK_LOSS_GRACE, LockWatchdog
 from taskservice.pool.workers import Worker, WorkerPool
 
-__all__ = ["PoolLock", "Worker", "WorkerPool", "keep_until_exit", "pool_lock_for"]
+__all__ = [
+    "LOCK_LOSS_GRACE",
+    "LockWatchdog",
+    "PoolLock",
+    "Worker",
+    "WorkerPool",
+    "keep_until_exit",
+    "pool_lock_for",
+]

@@ -9,12 +9,14 @@ the holder dies, even by SIGKILL.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Protocol
 
 from filelock import FileLock, Timeout
-from sqlalchemy import Connection, Engine, Integer, cast, func, select
+from sqlalchemy import Connection, Integer, cast, create_engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from taskservice.db import Database, backend_name, sqlite_path
 from taskservice.errors import DatabaseInUse
@@ -33,6 +35,10 @@ _kept_until_exit: list[PoolLock] = []
 
 class PoolLock(Protocol):
     """An exclusive, process-lifetime lock on one database's task pool."""
+
+    # Whether the lock can be lost while the process lives (a dropped
+    # connection); such a lock wants a LockWatchdog.
+    can_be_lost: bool
 
     def acquire(self) -> None:
         """Take the lock, waiting for a predecessor to exit; DatabaseInUse if it does not."""
@@ -55,7 +61,7 @@ def pool_lock_for(db: Database, timeout: float) -> PoolLock:
     if path is not None:
         return SQLiteFileLock(path, timeout)
     if backend_name(db.url) == "postgresql":
-        return PostgresAdvisoryLock(db.engine, timeout)
+        return PostgresAdvisoryLock(db.url, timeout)
     raise DatabaseInUse(f"no pool lock for a {backend_name(db.url)} database")
 
 
@@ -68,6 +74,8 @@ def _in_use(where: str, timeout: float) -> DatabaseInUse:
 
 class SQLiteFileLock:
     """An exclusive `flock` on `<database file>.pool.lock`."""
+
+    can_be_lost = False
 
     def __init__(self, database_path: str, timeout: float) -> None:
         self.path = f"{database_path}.pool.lock"
@@ -91,13 +99,33 @@ class SQLiteFileLock:
         return self._lock.is_locked
 
 
-class PostgresAdvisoryLock:
-    """A session-level advisory lock on a connection kept open for the purpose."""
+# The held-lock check: this connection holds an advisory lock (it takes no other).
+_HOLDS_ADVISORY_LOCK = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks"
+    " WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted)"
+)
 
-    def __init__(self, engine: Engine, timeout: float) -> None:
-        self._engine = engine
+
+class PostgresAdvisoryLock:
+    """A session-level advisory lock on a connection kept open for the purpose.
+
+    The connection has an engine of its own with no pool, so that closing or
+    dropping it really ends the session and with it the lock. The lock is lost
+    if that connection drops (a server restart, a network fault): a
+    LockWatchdog notices.
+    """
+
+    can_be_lost = True
+
+    def __init__(self, database_url: str, timeout: float) -> None:
+        self._engine = create_engine(
+            database_url,
+            poolclass=NullPool,
+            connect_args={"application_name": "taskservice pool lock"},
+        )
         self.timeout = timeout
         self._connection: Connection | None = None
+        self._using = threading.Lock()  # a Connection is not thread-safe
         self._key = (
             cast(ADVISORY_LOCK_CLASS, Integer),
             func.hashtext(func.current_schema()),
@@ -118,18 +146,24 @@ class PostgresAdvisoryLock:
         logger.debug("pool advisory lock acquired")
 
     def release(self) -> None:
-        """Unlock and close the lock's connection."""
-        if self._connection is not None:
-            self._connection.execute(select(func.pg_advisory_unlock(*self._key)))
-            self._connection.close()
-            self._connection = None
+        """Unlock and close the lock's connection; a dead connection has nothing to release."""
+        with self._using:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                try:
+                    connection.execute(select(func.pg_advisory_unlock(*self._key)))
+                except SQLAlchemyError:
+                    logger.warning("pool advisory lock: connection already gone")
+                finally:
+                    connection.close()
+        self._engine.dispose()
 
     def is_held(self) -> bool:
-        """Whether the lock's connection, and so the lock, is still alive."""
-        if self._connection is None:
-            return False
-        try:
-            self._connection.execute(select(1))
-        except SQLAlchemyError:
-            return False
-        return True
+        """Whether the lock's connection is alive and holds the lock."""
+        with self._using:
+            if self._connection is None:
+                return False
+            try:
+                return bool(self._connection.execute(_HOLDS_ADVISORY_LOCK).scalar())
+            except SQLAlchemyError:
+                return False

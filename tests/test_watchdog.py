@@ -1,0 +1,117 @@
+"""Losing the pool lock: noticed, reported once, and no task starts after it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine, text
+
+from taskservice import tasks
+from taskservice.extension import EXTENSION_KEY, get_extension
+from taskservice.models import TaskPriority, TaskStatus
+from taskservice.pool import LOCK_LOSS_GRACE, LockWatchdog
+from taskservice.runner import TaskRunner, sleep_body
+from tests.conftest import AppFactory
+
+
+class FakeLock:
+    can_be_lost = True
+
+    def __init__(self) -> None:
+        self.held = True
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def is_held(self) -> bool:
+        return self.held
+
+
+def test_the_watchdog_reports_a_lost_lock_once():
+    lock = FakeLock()
+    watchdog = LockWatchdog(lock, interval=0.01)
+    reports: list[int] = []
+    reported = threading.Event()
+
+    def on_lost() -> None:
+        reports.append(1)
+        reported.set()
+
+    watchdog.start(on_lost)
+    assert not watchdog.lost.is_set()
+    lock.held = False
+    assert reported.wait(10)
+    watchdog.stop()
+
+    assert watchdog.lost.is_set()
+    assert reports == [1]
+
+
+def test_check_while_held():
+    watchdog = LockWatchdog(FakeLock())
+
+    assert watchdog.check() is True
+    assert not watchdog.lost.is_set()
+
+
+def test_no_task_starts_once_the_lock_is_lost(app: Flask):
+    with app.app_context():
+        extension = get_extension()
+    task_id = extension.service.create(name=None, duration=1, priority=TaskPriority.LOW).id
+    runner = TaskRunner(extension.db, sleep_body(0, 0), may_claim=lambda: False)
+
+    runner(task_id)
+
+    task = extension.service.get(task_id)
+    assert (task.status, task.attempts) == (TaskStatus.IN_QUEUE, 0)
+
+
+def test_a_postgres_lock_is_lost_with_its_connection(make_app: AppFactory, database_url: str):
+    if database_url.startswith("sqlite"):
+        pytest.skip("an SQLite lock file cannot be lost while its process lives")
+    app = make_app()
+    lock = app.extensions[EXTENSION_KEY].pool.lock
+    assert lock.is_held()
+
+    terminate_lock_connection(database_url)
+
+    assert not lock.is_held()
+    lock.release()  # nothing left to release; it must not raise
+
+
+def terminate_lock_connection(database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        killed = connection.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'taskservice pool lock'"
+                " AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    engine.dispose()
+    assert killed == 1
+
+
+def test_a_successor_waits_before_requeuing_running_tasks(
+    make_app: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Only where the lock can be lost while its holder lives (PostgreSQL)."""
+    dead = make_app(start_pool=False)
+    with dead.app_context():
+        service = get_extension().service
+        task_id = service.create(name=None, duration=1, priority=TaskPriority.LOW).id
+    db = dead.extensions[EXTENSION_KEY].db
+    with db.writing() as session:  # it was running when its holder lost the lock
+        tasks.claim_task(session, task_id)
+    waits: list[float] = []
+    monkeypatch.setattr("app.time.sleep", waits.append)
+
+    successor = make_app()
+
+    expected = [LOCK_LOSS_GRACE] if database_url.startswith("postgresql") else []
+    assert waits == expected
+    assert successor.extensions[EXTENSION_KEY].pool is not None
