@@ -12,6 +12,7 @@ from taskservice import tasks
 from taskservice.extension import EXTENSION_KEY, get_extension
 from taskservice.models import TaskPriority, TaskStatus
 from taskservice.pool import LOCK_LOSS_GRACE, LockWatchdog
+from taskservice.pool.lock import ADVISORY_LOCK_CLASS
 from taskservice.runner import TaskRunner, sleep_body
 from tests.conftest import AppFactory
 
@@ -83,14 +84,17 @@ def test_a_postgres_lock_is_lost_with_its_connection(make_app: AppFactory, datab
 
 
 def terminate_lock_connection(database_url: str) -> None:
+    """End the session that holds the pool lock of the URL's schema, as a network fault would."""
     engine = create_engine(database_url)
     with engine.connect() as connection:
         killed = connection.execute(
             text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = 'taskservice pool lock'"
-                " AND pid <> pg_backend_pid()"
-            )
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+                " AND classid = CAST(:lock_class AS oid)"
+                " AND objid = CAST(hashtext(current_schema()) AS oid)"
+            ),
+            {"lock_class": ADVISORY_LOCK_CLASS},
         ).scalar()
     engine.dispose()
     assert killed == 1
