@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -100,3 +103,30 @@ def app(make_app: AppFactory) -> Flask:
 def pool_app(make_app: AppFactory) -> Flask:
     """An app whose pool runs tasks 1000 times faster than real time."""
     return make_app()
+
+
+class Gate:
+    """Stands in for the task body's sleep: tasks block until the gate opens."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self._entered = threading.Semaphore(0)
+
+    def sleep(self, _seconds: float) -> None:
+        self._entered.release()
+        self.open.wait(30)
+
+    def wait_for_entries(self, count: int) -> None:
+        """Block until `count` tasks are inside their body."""
+        for _ in range(count):
+            assert self._entered.acquire(timeout=30), "a task did not start"
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """Task bodies wait on this gate instead of sleeping; it opens at the end of the test."""
+    gate = Gate()
+    fake_time = SimpleNamespace(sleep=gate.sleep, monotonic=time.monotonic)
+    monkeypatch.setattr("taskservice.runner.time", fake_time)
+    yield gate
+    gate.open.set()

@@ -7,7 +7,7 @@ import random
 from flask import Flask
 
 from taskservice.models import TaskStatus
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, Gate
 from tests.helpers import all_tasks, max_overlap, wait_for
 
 
@@ -59,6 +59,28 @@ def test_higher_priority_first_then_first_come(make_app: AppFactory):
 
     started = sorted(all_tasks(runner_app), key=lambda task: task.start_time)
     assert [task.id for task in started] == [ids[2], ids[4], ids[1], ids[5], ids[0], ids[3]]
+
+
+def test_new_tasks_are_dispatched_by_priority(make_app: AppFactory, gate: Gate):
+    app = make_app(TASKSERVICE_CONCURRENCY=1)
+    client = app.test_client()
+    first = client.post("/tasks", json={"duration": 1}).json["id"]
+    gate.wait_for_entries(1)  # the only worker is busy with the first task
+    later = {p: client.post("/tasks", json={"priority": p}).json["id"] for p in PRIORITIES}
+
+    gate.open.set()
+    wait_for(lambda: all_final(app))
+
+    started = sorted(all_tasks(app), key=lambda task: task.start_time)
+    assert [task.id for task in started] == [
+        first,
+        later["high"],
+        later["medium"],
+        later["low"],
+    ]
+
+
+PRIORITIES = ["low", "medium", "high"]
 
 
 def test_cancelled_tasks_never_run(make_app: AppFactory):

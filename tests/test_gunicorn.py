@@ -36,7 +36,8 @@ def test_every_accepted_task_survives_sigkill(
     servers: list[Server], database_url: str, tmp_path: Path
 ):
     log = tmp_path / "gunicorn.log"
-    first = start(servers, database_url, log)
+    # Tasks of 50-500 ms, so that some are surely running when the kill comes.
+    first = start(servers, database_url, log, TASKSERVICE_TIME_SCALE="0.05")
     first.wait_healthy()
     rng = random.Random(7)
     accepted = []

@@ -12,7 +12,8 @@ import pytest
 from taskservice.db import Database
 from taskservice.errors import DatabaseInUse
 from taskservice.pool.lock import PostgresAdvisoryLock, SQLiteFileLock, pool_lock_for
-from tests.conftest import AppFactory
+from taskservice.service import TaskService
+from tests.conftest import AppFactory, Gate
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,17 +70,31 @@ def test_each_database_gets_its_kind_of_lock(database_url: str):
     assert type(lock) is expected
 
 
-def test_a_pool_that_cannot_stop_keeps_the_lock(make_app: AppFactory):
-    app = make_app(TASKSERVICE_TIME_SCALE=0.05)  # duration 10 runs for 0.5 s
+def test_a_pool_that_cannot_stop_keeps_the_lock(make_app: AppFactory, gate: Gate):
+    app = make_app()
     client = app.test_client()
     ids = [client.post("/tasks", json={"duration": 10}).json["id"] for _ in range(2)]
-    wait_for(lambda: all(client.get(f"/tasks/{i}").json["status"] == "Run" for i in ids))
+    gate.wait_for_entries(2)
 
     app.extensions["taskservice"].close(timeout=0)
 
     # Both tasks still run in this process: a new pool must not start them again.
     with pytest.raises(DatabaseInUse):
         make_app()
+    gate.open.set()
     reader = make_app(start_pool=False).test_client()
     wait_for(lambda: all(reader.get(f"/tasks/{i}").json["status"] == "Completed" for i in ids))
     assert [reader.get(f"/tasks/{i}").json["attempts"] for i in ids] == [1, 1]
+
+
+def test_a_failed_start_releases_the_lock(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch):
+    def broken_recover(_service: TaskService) -> None:
+        raise RuntimeError("recovery failed")
+
+    monkeypatch.setattr(TaskService, "recover", broken_recover)
+    with pytest.raises(RuntimeError, match="recovery failed") as failure:
+        make_app()
+    monkeypatch.undo()
+
+    assert failure.value is not None  # the failed start's frames are still alive here
+    assert make_app().extensions["taskservice"].pool is not None
