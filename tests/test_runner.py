@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from flask import Flask
@@ -295,6 +295,18 @@ def locked(statement: str) -> OperationalError:
     return OperationalError(statement, {}, Exception("database is locked"))
 
 
+def failing_first(real: Callable[..., T], *errors: Exception) -> Callable[..., T]:
+    """`real`, except that its first calls raise `errors`, one each."""
+    pending = list(errors)
+
+    def call(*args: Any, **kwargs: Any) -> T:
+        if pending:
+            raise pending.pop(0)
+        return real(*args, **kwargs)
+
+    return call
+
+
 def test_database_errors_are_retried(
     app: Flask,
     runner: TaskRunner,
@@ -302,14 +314,7 @@ def test_database_errors_are_retried(
     caplog: pytest.LogCaptureFixture,
 ):
     task_id = new_task(app)
-    real_claim = tasks.claim_task
-    failures = iter([True, True, False])
-
-    def flaky_claim(session, claimed_id):
-        if next(failures):
-            raise locked("UPDATE tasks")
-        return real_claim(session, claimed_id)
-
+    flaky_claim = failing_first(tasks.claim_task, locked("UPDATE"), locked("UPDATE"))
     monkeypatch.setattr(tasks, "claim_task", flaky_claim)
     with caplog.at_level(logging.ERROR, logger="taskservice"):
         runner(task_id)
@@ -320,15 +325,7 @@ def test_database_errors_are_retried(
 
 def test_finishing_is_retried(app: Flask, runner: TaskRunner, monkeypatch: pytest.MonkeyPatch):
     task_id = new_task(app)
-    real_finish = tasks.finish_task
-    failures = iter([True, False])
-
-    def flaky_finish(*args, **kwargs):
-        if next(failures):
-            raise locked("UPDATE tasks")
-        return real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(tasks, "finish_task", flaky_finish)
+    monkeypatch.setattr(tasks, "finish_task", failing_first(tasks.finish_task, locked("UPDATE")))
     runner(task_id)
 
     task = read(app, task_id)
@@ -392,15 +389,11 @@ def test_every_database_error_is_retried(
     app: Flask, runner: TaskRunner, monkeypatch: pytest.MonkeyPatch
 ):
     task_id = new_task(app)
-    real_claim = tasks.claim_task
-    failures = iter([True, True, False])
+    constraint = IntegrityError("UPDATE tasks", {}, Exception("constraint failed"))
+    monkeypatch.setattr(
+        tasks, "claim_task", failing_first(tasks.claim_task, constraint, constraint)
+    )
 
-    def claim(session, claimed_id):
-        if next(failures):
-            raise IntegrityError("UPDATE tasks", {}, Exception("constraint failed"))
-        return real_claim(session, claimed_id)
-
-    monkeypatch.setattr(tasks, "claim_task", claim)
     runner(task_id)
 
     assert read(app, task_id).status is TaskStatus.COMPLETED
