@@ -41,6 +41,9 @@ logconfig_dict = {
             "handlers": ["error_console"],
             "propagate": False,
         },
+        # Alembic: which migrations ran, not which plugins it loaded.
+        "alembic": {"level": "WARNING"},
+        "alembic.runtime.migration": {"level": "INFO"},
     },
 }
 

@@ -20,6 +20,7 @@ def run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=Base.metadata,
         render_as_batch=True,  # SQLite alters tables by copying them
+        transactional_ddl=True,  # SQLite's DDL is transactional too: all or nothing
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
