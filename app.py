@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +13,7 @@ from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
 from taskservice.extension import EXTENSION_KEY, Pool, TaskServiceExtension
 from taskservice.models import TaskStatus
-from taskservice.pool import LOCK_LOSS_GRACE, LockWatchdog, WorkerPool, pool_lock_for
+from taskservice.pool import LockWatchdog, WorkerPool, pool_lock_for, wait_out_lost_holder
 from taskservice.runner import TaskRunner, sleep_body
 from taskservice.service import TaskService
 
@@ -38,6 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     if database_file is not None:
         os.makedirs(os.path.dirname(os.path.abspath(database_file)), exist_ok=True)
 
+    api.init_app(app)
     db = Database(app.config["DATABASE_URL"])
     pool = None
     try:
@@ -57,7 +57,6 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     app.extensions[EXTENSION_KEY] = TaskServiceExtension(
         db=db, service=service, concurrency=app.config["TASKSERVICE_CONCURRENCY"], pool=pool
     )
-    api.init_app(app)
     return app
 
 
@@ -74,10 +73,7 @@ def open_task_pool(config: Config, db: Database) -> Pool:
 
 def start_task_pool(pool: Pool, service: TaskService) -> None:
     """Queue what the database holds (requeuing what a dead process left), then start."""
-    if pool.lock.can_be_lost and service.count(status=TaskStatus.RUN):
-        # A predecessor that lost this lock may still be running those tasks
-        # until its watchdog stops it; give it the time to.
-        time.sleep(LOCK_LOSS_GRACE)
+    wait_out_lost_holder(pool.lock, tasks_running=service.count(status=TaskStatus.RUN))
     for rank, task_id in service.recover():
         pool.workers.submit(rank, task_id)
     pool.workers.start()

@@ -2,13 +2,25 @@
 
 import os
 
+from taskservice.extension import EXTENSION_KEY
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _refuse(message: str) -> None:
+    raise SystemExit(f"taskservice: {message}")
+
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 
 # One process by design: the task pool (and its limit of two running tasks)
 # lives in the worker process, and a database takes one pool only.
 workers = 1
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+_threads = os.environ.get("GUNICORN_THREADS", "4")
+if not _threads.isdigit() or int(_threads) < 1:
+    _refuse(f"GUNICORN_THREADS must be a whole number of at least 1, got {_threads!r}")
+threads = int(_threads)
 
 # Never build the app in the master: the pool's threads would not survive the fork.
 preload_app = False
@@ -29,6 +41,8 @@ limit_request_field_size = 8190
 control_socket_disable = True
 
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+if loglevel not in LOG_LEVELS:
+    _refuse(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {loglevel!r}")
 accesslog = "-"
 errorlog = "-"
 # gunicorn's own logging set-up, plus the service's logger on the same stderr.
@@ -48,7 +62,7 @@ logconfig_dict = {
 }
 
 
-def on_starting(server):  # type: ignore[no-untyped-def]
+def on_starting(server):
     """Refuse --preload: the app built in the master would lose its pool at fork."""
     if server.cfg.preload_app:
         raise SystemExit(
@@ -56,22 +70,22 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         )
 
 
-def post_worker_init(worker):  # type: ignore[no-untyped-def]
+def post_worker_init(worker):
     """Watch the pool lock; if it is ever lost, end this worker at once.
 
     Another process may then take the lock and requeue the tasks running
     here; exiting stops them (a sleeping task cannot be interrupted), and
     gunicorn starts a fresh worker, which waits for the lock and recovers.
     """
-    extension = worker.wsgi.extensions["taskservice"]
+    extension = worker.wsgi.extensions[EXTENSION_KEY]
     if extension.pool is not None and extension.pool.lock.can_be_lost:
         extension.pool.watchdog.start(on_lost=lambda: os._exit(1))
 
 
-def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+def worker_exit(server, worker):
     """Stop the task pool when the worker process ends."""
     # `wsgi` is missing when the app failed to build (e.g. the database is in use).
     app = getattr(worker, "wsgi", None)
-    extension = getattr(app, "extensions", {}).get("taskservice")
+    extension = getattr(app, "extensions", {}).get(EXTENSION_KEY)
     if extension is not None:
         extension.close(timeout=1.0)

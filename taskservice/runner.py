@@ -69,7 +69,7 @@ class TaskRunner:
         body: Body,
         *,
         may_claim: Callable[[], bool] = lambda: True,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,  # never the wall clock: it can jump
     ) -> None:
         self._db = db
         self._body = body
@@ -118,13 +118,13 @@ class TaskRunner:
             task.attempts,
             waited.total_seconds(),
         )
-        started = time.monotonic()
+        started = self._clock()
         error = None
         try:
             self._body(task)
         except BaseException as exc:  # even SystemExit from a task must not end the thread
             error = clean_error(exc)
-        exec_time = time.monotonic() - started
+        exec_time = self._clock() - started
         status = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
         finished = self._retry(
             worker, task.id, lambda retry: self._finish(task, status, exec_time, error, retry)

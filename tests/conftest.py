@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,7 +125,6 @@ class Gate:
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     """Task bodies wait on this gate instead of sleeping; it opens at the end of the test."""
     gate = Gate()
-    fake_time = SimpleNamespace(sleep=gate.sleep, monotonic=time.monotonic)
-    monkeypatch.setattr("taskservice.runner.time", fake_time)
+    monkeypatch.setattr("taskservice.runner.time", SimpleNamespace(sleep=gate.sleep))
     yield gate
     gate.open.set()

@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from taskservice import tasks
 from taskservice.extension import get_extension
 from taskservice.models import TaskStatus
 
@@ -290,6 +291,26 @@ class TestCancel:
         assert response.json["message"] == (
             f"Task {task['id']} is 'Cancelled'; only a task that is 'In Queue' can be cancelled."
         )
+
+    @pytest.mark.parametrize(
+        ("finish", "status"), [(None, "Run"), (TaskStatus.COMPLETED, "Completed")]
+    )
+    def test_cancel_too_late(
+        self, client: FlaskClient, app: Flask, finish: TaskStatus | None, status: str
+    ):
+        task_id = create(client)["id"]
+        with app.app_context(), get_extension().db.writing() as session:
+            tasks.claim_task(session, task_id)
+            if finish is not None:
+                tasks.finish_task(session, task_id, 1, status=finish, exec_time=0.5)
+
+        response = client.delete(f"/tasks/{task_id}")
+
+        assert response.status_code == 409
+        assert response.json["message"] == (
+            f"Task {task_id} is '{status}'; only a task that is 'In Queue' can be cancelled."
+        )
+        assert stored_status(app, task_id).value == status
 
     def test_cancel_unknown(self, client: FlaskClient):
         response = client.delete("/tasks/42")

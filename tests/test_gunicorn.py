@@ -170,3 +170,22 @@ def test_a_worker_that_loses_the_pool_lock_is_replaced(
     assert log_text.count("Booting worker") == 2
     assert "2 interrupted task(s) queued again" in log_text
     assert max(running_seen) <= 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL must be one of debug, info, warning"),
+        ("GUNICORN_THREADS", "four", "GUNICORN_THREADS must be a whole number"),
+        ("TASKSERVICE_CONCURRENCY", "0", "TASKSERVICE_CONCURRENCY must be between 1 and 64"),
+    ],
+)
+def test_malformed_settings_stop_the_server_with_a_message(
+    servers: list[Server], database_url: str, tmp_path: Path, setting: str, value: str, message: str
+):
+    server = Server(database_url, tmp_path / "gunicorn.log", **{setting: value})
+    servers.append(server.start())
+
+    assert server.process is not None
+    assert server.process.wait(timeout=60) != 0
+    assert message in server.log()

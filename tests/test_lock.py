@@ -98,3 +98,30 @@ def test_a_failed_start_releases_the_lock(make_app: AppFactory, monkeypatch: pyt
 
     assert failure.value is not None  # the failed start's frames are still alive here
     assert make_app().extensions["taskservice"].pool is not None
+
+
+# Holds the pool for a moment, as a predecessor that is still exiting would.
+PREDECESSOR = """
+import time
+from app import create_app
+app = create_app()
+print("holding", flush=True)
+time.sleep(0.5)
+"""
+
+
+def test_a_start_waits_for_a_predecessor_to_exit(make_app: AppFactory, database_url: str):
+    env = {**os.environ, "DATABASE_URL": database_url}
+    predecessor = subprocess.Popen(
+        [sys.executable, "-c", PREDECESSOR], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert predecessor.stdout is not None
+        assert predecessor.stdout.readline() == "holding\n"
+
+        app = make_app(TASKSERVICE_LOCK_TIMEOUT=30)  # waits for the lock, then starts
+
+        assert predecessor.poll() is not None, "started while the predecessor held the lock"
+        assert app.extensions["taskservice"].pool.lock.is_held()
+    finally:
+        predecessor.communicate(timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,46 @@ def test_runs_a_task_to_completion(app: Flask, runner: TaskRunner):
     assert task.create_time <= task.start_time <= task.finish_time
     assert task.exec_time is not None
     assert task.exec_time >= 0.02  # it slept 20 ms (duration 20 at scale 0.001)
+
+
+def test_execution_time_is_measured_on_the_monotonic_clock(app: Flask):
+    now = [1000.0]
+
+    def body(_task: Task) -> None:
+        now[0] += 7.25  # the task takes 7.25 s on the runner's clock
+
+    runner = TaskRunner(get_extension_of(app).db, body, clock=lambda: now[0])
+    task_id = new_task(app)
+
+    runner(task_id)
+
+    assert read(app, task_id).exec_time == 7.25
+
+
+def test_each_step_of_a_task_is_logged(app: Flask, caplog: pytest.LogCaptureFixture):
+    def body(task: Task) -> None:
+        if task.name == "bad":
+            raise ValueError("no good")
+
+    service = get_extension_of(app).service
+    runner = TaskRunner(get_extension_of(app).db, body)
+    with caplog.at_level(logging.INFO, logger="taskservice"):
+        good = service.create(name="good", duration=2, priority=TaskPriority.HIGH).id
+        bad = service.create(name="bad", duration=1, priority=TaskPriority.LOW).id
+        workers = [
+            threading.Thread(target=runner, args=(good,), name="worker-1"),
+            threading.Thread(target=runner, args=(bad,), name="worker-2"),
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+
+    text = caplog.text
+    assert f"task {good} created (priority high, duration 2 s)" in text
+    assert re.search(rf"worker-1: task {good} started \(attempt 1, waited [0-9.]+ s\)", text)
+    assert re.search(rf"worker-1: task {good} completed in [0-9.]+ s", text)
+    assert re.search(rf"worker-2: task {bad} failed in [0-9.]+ s: no good", text)
 
 
 @pytest.mark.parametrize("duration", [13, 13.0])

@@ -112,7 +112,7 @@ def test_a_successor_waits_before_requeuing_running_tasks(
     with db.writing() as session:  # it was running when its holder lost the lock
         tasks.claim_task(session, task_id)
     waits: list[float] = []
-    monkeypatch.setattr("app.time.sleep", waits.append)
+    monkeypatch.setattr("taskservice.pool.watchdog.sleep", waits.append)
 
     successor = make_app()
 

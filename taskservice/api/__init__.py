@@ -12,7 +12,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
 from taskservice.api import health, tasks
-from taskservice.api.requests import TaskIdConverter, task_id_schema
+from taskservice.api.parsing import TaskIdConverter, task_id_schema
 from taskservice.errors import TaskNotCancellable, TaskNotFound, TaskServiceError
 
 SWAGGER_UI_ASSETS = "/docs/assets/"

@@ -34,7 +34,7 @@ class StrictFloat(fields.Float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.make_error("invalid")
         number: float = super()._deserialize(value, attr, data, **kwargs)
-        return number + 0.0  # -0.0 becomes 0.0
+        return number + 0.0  # -0.0 would be stored and echoed back as "-0.0"
 
 
 class TaskCreateSchema(Schema):

@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from flask_smorest.pagination import PaginationParameters
 
-from taskservice.api.requests import JSONBodyParser
+from taskservice.api.parsing import JSONBodyParser
 from taskservice.api.schemas import TaskCreateSchema, TaskFilterSchema, TaskSchema
 from taskservice.extension import get_extension
 from taskservice.models import Task
@@ -52,11 +52,7 @@ class Tasks(MethodView):
         return page
 
     @blp.arguments(TaskCreateSchema, required=False)
-    @blp.response(
-        201,
-        TaskSchema,
-        headers={"Location": {"description": "The task's URL.", "schema": {"type": "string"}}},
-    )
+    @blp.response(201, TaskSchema, headers=LOCATION_HEADER)
     @blp.alt_response(400, response="DEFAULT_ERROR", description="The body is not valid JSON.")
     @blp.alt_response(413, response="DEFAULT_ERROR", description="The body is too large.")
     @blp.alt_response(415, response="DEFAULT_ERROR", description="The body is not JSON.")

@@ -1,7 +1,7 @@
 """The worker pool: a priority queue of task numbers drained by a fixed set of threads."""
 
 from taskservice.pool.lock import PoolLock, keep_until_exit, pool_lock_for
-from taskservice.pool.watchdog import LOCK_LOSS_GRACE, LockWatchdog
+from taskservice.pool.watchdog import LOCK_LOSS_GRACE, LockWatchdog, wait_out_lost_holder
 from taskservice.pool.workers import Worker, WorkerPool
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "WorkerPool",
     "keep_until_exit",
     "pool_lock_for",
+    "wait_out_lost_holder",
 ]

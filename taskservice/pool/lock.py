@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # schema that holds the tasks table, so each schema has its own pool.
 ADVISORY_LOCK_CLASS = int.from_bytes(b"task", "big")
 ADVISORY_LOCK_POLL = 0.1
+IS_HELD_WAIT = 2.0
 
 # Locks whose pool could not stop: kept referenced until the process exits,
 # since dropping the last reference to a lock releases it.
@@ -121,7 +122,17 @@ class PostgresAdvisoryLock:
         self._engine = create_engine(
             database_url,
             poolclass=NullPool,
-            connect_args={"application_name": "taskservice pool lock"},
+            connect_args={
+                "application_name": "taskservice pool lock",
+                "connect_timeout": 5,
+                # A silent network fault must end the connection within
+                # seconds, or the loss of the lock would go unnoticed.
+                "keepalives": 1,
+                "keepalives_idle": 5,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 10_000,
+            },
         )
         self.timeout = timeout
         self._connection: Connection | None = None
@@ -159,11 +170,18 @@ class PostgresAdvisoryLock:
         self._engine.dispose()
 
     def is_held(self) -> bool:
-        """Whether the lock's connection is alive and holds the lock."""
-        with self._using:
+        """Whether the lock's connection is alive and holds the lock.
+
+        A check that cannot run within IS_HELD_WAIT s (another one hangs on a
+        dead connection) counts as "not held": a health check must not hang.
+        """
+        if not self._using.acquire(timeout=IS_HELD_WAIT):
+            return False
+        try:
             if self._connection is None:
                 return False
-            try:
-                return bool(self._connection.execute(_HOLDS_ADVISORY_LOCK).scalar())
-            except SQLAlchemyError:
-                return False
+            return bool(self._connection.execute(_HOLDS_ADVISORY_LOCK).scalar())
+        except SQLAlchemyError:
+            return False
+        finally:
+            self._using.release()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from time import sleep
 
 from taskservice.pool.lock import PoolLock
 
@@ -15,6 +16,12 @@ logger = logging.getLogger(__name__)
 # notice and stop them (see app.start_task_pool).
 WATCH_INTERVAL = 1.0
 LOCK_LOSS_GRACE = 3 * WATCH_INTERVAL
+
+
+def wait_out_lost_holder(lock: PoolLock, tasks_running: int) -> None:
+    """Before requeuing running tasks, give a holder that lost this lock time to stop them."""
+    if lock.can_be_lost and tasks_running:
+        sleep(LOCK_LOSS_GRACE)
 
 
 class LockWatchdog:
