@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -57,10 +58,30 @@ def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: 
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(cursor)
     # FULL: a commit is on disk before the 201 leaves, even if the power fails.
     cursor.execute("PRAGMA synchronous = FULL")
     cursor.close()
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Put the database in WAL mode (it stays so); retry while others hold it.
+
+    Switching needs the database to itself, and SQLite answers "database is
+    locked" at once rather than waiting on the busy timeout, as when several
+    processes open a new database together.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:
