@@ -70,9 +70,9 @@ def test_no_task_starts_once_the_lock_is_lost(app: Flask):
     assert (task.status, task.attempts) == (TaskStatus.IN_QUEUE, 0)
 
 
+# Only PostgreSQL's lock can be lost while its process lives.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_postgres_lock_is_lost_with_its_connection(make_app: AppFactory, database_url: str):
-    if database_url.startswith("sqlite"):
-        pytest.skip("an SQLite lock file cannot be lost while its process lives")
     app = make_app()
     lock = app.extensions[EXTENSION_KEY].pool.lock
     assert lock.is_held()
