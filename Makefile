@@ -22,7 +22,7 @@ $(BIN)/.dev: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(BIN)/.runtime $@
 
-run: $(BIN)/.runtime  ## Start the service on SQLite at http://$(HOST):$(PORT)/docs
+run: $(BIN)/.runtime  ## Start the service (default http://127.0.0.1:8000/docs; set HOST, PORT)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: lint typecheck  ## Lint, type-check and run the test suite
