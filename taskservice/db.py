@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -88,17 +88,36 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
     # A writer takes the write lock at BEGIN (IMMEDIATE), so two writers queue
     # on the busy timeout instead of deadlocking when a read lock is upgraded.
     # Readers begin DEFERRED and never take the write lock.
-    mode = connection.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
-    connection.exec_driver_sql(f"BEGIN {mode}")
+    connection.exec_driver_sql(f"BEGIN {connection.info.get(_BEGIN_MODE, 'DEFERRED')}")
+
+
+@contextmanager
+def _immediate_begin(connection: Connection) -> Iterator[None]:
+    """Make the transaction begun on `connection` in this block a writer's (SQLite)."""
+    connection.info[_BEGIN_MODE] = "IMMEDIATE"
+    try:
+        yield
+    finally:
+        del connection.info[_BEGIN_MODE]
 
 
 class Database:
-    """An engine and the thread-scoped sessions bound to it."""
+    """An engine and the thread-scoped sessions bound to it.
+
+    Each thread keeps one connection for its life (request threads and
+    workers are few and long-lived), and its session is bound to it: checking
+    a connection out of the pool and back for every request cost more than the
+    query it ran.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_db_engine(url)
-        self.session = scoped_session(sessionmaker(self.engine, expire_on_commit=False))
+        self._thread = threading.local()
+        self._connections: list[Connection] = []
+        self._connections_lock = threading.Lock()
+        # Any callable can make the sessions; the stubs only know sessionmaker.
+        self.session = scoped_session(cast("sessionmaker[Session]", self._new_session))
         # SQLite has one writer at a time, and its busy handler polls with
         # sleeps of up to 100 ms, so a writer can starve while others keep
         # taking the lock. Nearly every write comes from this process (one
@@ -112,17 +131,29 @@ class Database:
         """Apply the schema migrations the database has not had yet."""
         config = AlembicConfig()
         config.set_main_option("script_location", "taskservice:migrations")
-        with self.engine.connect() as connection:
-            connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+        with self.engine.connect() as connection, _immediate_begin(connection):
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
+
+    def _new_session(self) -> Session:
+        return Session(bind=self._thread_connection(), expire_on_commit=False)
+
+    def _thread_connection(self) -> Connection:
+        connection: Connection | None = getattr(self._thread, "connection", None)
+        if connection is None or connection.closed:
+            connection = self.engine.connect()
+            with self._connections_lock:
+                self._connections.append(connection)
+            self._thread.connection = connection
+        return connection
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A session in a write transaction, committed on success, rolled back on error."""
         with self._transaction(self._write_turn) as session:
-            session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+            with _immediate_begin(self._thread_connection()):
+                session.connection()  # begins the transaction now
             yield session
 
     @contextmanager
@@ -130,8 +161,7 @@ class Database:
         """A session in a read transaction that ends with the block.
 
         Ending it releases SQLite's snapshot, which would otherwise keep the
-        WAL from being checkpointed. With expire_on_commit off, the objects
-        read stay usable after it.
+        WAL from being checkpointed. The rows read stay usable after it.
         """
         with self._transaction(nullcontext()) as session:
             yield session
@@ -139,6 +169,11 @@ class Database:
     @contextmanager
     def _transaction(self, turn: AbstractContextManager[object]) -> Iterator[Session]:
         session = self.session()
+        if cast(Connection, session.bind).closed:
+            # dispose() closed it while this thread still ran (a worker that
+            # outlived its pool's stop): reconnect, as a pooled checkout would.
+            self.session.remove()
+            session = self.session()
         if session.in_transaction():
             # Each unit of work is one transaction; nesting would silently
             # turn a write into part of a read, or roll back the outer one
@@ -153,10 +188,14 @@ class Database:
             connection.execute(text("SELECT 1"))
 
     def remove_session(self) -> None:
-        """Close this thread's session and return its connection to the pool."""
+        """Close this thread's session; its connection stays open for the thread."""
         self.session.remove()
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every connection, the threads' own and the pooled ones."""
         self.session.remove()
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
         self.engine.dispose()

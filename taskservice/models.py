@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy import Enum as SQLEnum
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAME_MAX_LENGTH = 200
@@ -138,3 +139,28 @@ class Task(Base):
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.status.value}>"
+
+
+# A task as the service reads it: a row of the tasks table, whose columns are
+# its attributes (task.id, task.status, ...). See taskservice.tasks for why
+# reads return rows rather than Task objects.
+TaskRow = Row[Any]
+
+
+class TaskCount(Base):
+    """How many tasks there are of each status and priority.
+
+    Kept by database triggers (migration 0002) in the same transaction as the
+    change to the tasks table, so it is exact, whoever writes the table. It
+    lets a list answer its total without counting a million rows.
+    """
+
+    __tablename__ = "task_counts"
+
+    status: Mapped[TaskStatus] = mapped_column(
+        _enum_column(TaskStatus, "task_count_status"), primary_key=True
+    )
+    priority: Mapped[TaskPriority] = mapped_column(
+        _enum_column(TaskPriority, "task_count_priority"), primary_key=True
+    )
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -14,12 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from taskservice import tasks
 from taskservice.db import Database
 from taskservice.errors import TaskFailed
-from taskservice.models import Task, TaskStatus
+from taskservice.models import TaskRow, TaskStatus
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Body = Callable[[Task], None]
+Body = Callable[[TaskRow], None]
 
 # A duration of 13 s always ends in an error (a rule of the specification).
 UNLUCKY_DURATION = 13
@@ -38,7 +38,7 @@ def sleep_body(
     share of tasks that fail at random after sleeping.
     """
 
-    def body(task: Task) -> None:
+    def body(task: TaskRow) -> None:
         time.sleep(task.duration * time_scale)
         if task.duration == UNLUCKY_DURATION:
             raise TaskFailed(f"a task of duration {UNLUCKY_DURATION} always fails")
@@ -109,7 +109,7 @@ class TaskRunner:
         """Stop retrying database errors; the pool's stop does the rest."""
         self.stopping.set()
 
-    def _run(self, worker: str, task: Task) -> None:
+    def _run(self, worker: str, task: TaskRow) -> None:
         waited = (task.start_time or task.create_time) - task.create_time
         logger.info(
             "%s: task %s started (attempt %d, waited %.3f s)",
@@ -136,7 +136,7 @@ class TaskRunner:
         else:
             logger.info("%s: task %s failed in %.3f s: %s", worker, task.id, exec_time, error)
 
-    def _claim(self, task_id: int, retry: bool) -> Task | None:
+    def _claim(self, task_id: int, retry: bool) -> TaskRow | None:
         with self._db.writing() as session:
             task = tasks.claim_task(session, task_id)
             if task is None and retry:
@@ -145,14 +145,10 @@ class TaskRunner:
                 # lock), so a running task here is the one that try claimed.
                 current = tasks.get_task(session, task_id)
                 task = current if current.status is TaskStatus.RUN else None
-            if task is not None:
-                # Detached, the claimed state survives a later rollback (which
-                # would expire it) and the session's removal.
-                session.expunge(task)
             return task
 
     def _finish(
-        self, task: Task, status: TaskStatus, exec_time: float, error: str | None, retry: bool
+        self, task: TaskRow, status: TaskStatus, exec_time: float, error: str | None, retry: bool
     ) -> bool:
         with self._db.writing() as session:
             finished = tasks.finish_task(
@@ -161,7 +157,7 @@ class TaskRunner:
             if not finished and retry:
                 # As in _claim: the failed try may have recorded the result.
                 current = tasks.get_task(session, task.id)
-                return current.attempts == task.attempts and current.status.is_final
+                return bool(current.attempts == task.attempts and current.status.is_final)
             return finished
 
     def _retry(self, worker: str, task_id: int, operation: Callable[[bool], T]) -> T:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from taskservice import tasks
 from taskservice.db import Database
-from taskservice.models import Task, TaskPriority, TaskStatus
+from taskservice.models import TaskPriority, TaskRow, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class TaskService:
         self._db = db
         self._submit = submit
 
-    def create(self, *, name: str | None, duration: float, priority: TaskPriority) -> Task:
+    def create(self, *, name: str | None, duration: float, priority: TaskPriority) -> TaskRow:
         """Record a new task, then queue it; the row is committed first."""
         with self._db.writing() as session:
             task = tasks.create_task(session, name=name, duration=duration, priority=priority)
@@ -35,7 +35,7 @@ class TaskService:
         )
         return task
 
-    def get(self, task_id: int) -> Task:
+    def get(self, task_id: int) -> TaskRow:
         """The task numbered `task_id`."""
         with self._db.reading() as session:
             return tasks.get_task(session, task_id)
@@ -47,7 +47,7 @@ class TaskService:
         priority: TaskPriority | None = None,
         offset: int = 0,
         limit: int = 10,
-    ) -> tuple[Sequence[Task], int]:
+    ) -> tuple[Sequence[TaskRow], int]:
         """A page of tasks, newest first, and the number matching the filters."""
         with self._db.reading() as session:
             return tasks.list_tasks(
@@ -59,7 +59,7 @@ class TaskService:
         with self._db.reading() as session:
             return tasks.count_tasks(session, status=status)
 
-    def cancel(self, task_id: int) -> Task:
+    def cancel(self, task_id: int) -> TaskRow:
         """Cancel a task that is still queued."""
         with self._db.writing() as session:
             task = tasks.cancel_task(session, task_id)

@@ -1,43 +1,112 @@
-"""Reads and state changes of tasks: each change is one conditional statement."""
+"""Reads and state changes of tasks: each change is one conditional statement.
+
+The statements are built once, at import, with bound parameters: building a
+statement costs more than running it on SQLite (SQLAlchemy computes its cache
+key each time). They are Core statements on the tasks table, so a read gives a
+plain row (`TaskRow`) without the ORM's identity map and change tracking.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, case, func, select, update
+from sqlalchemy import (
+    CursorResult,
+    Select,
+    Table,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import ColumnElement
 
 from taskservice.errors import TaskNotCancellable, TaskNotFound
-from taskservice.models import Task, TaskPriority, TaskStatus, sources_of, utcnow
+from taskservice.models import (
+    Task,
+    TaskCount,
+    TaskPriority,
+    TaskRow,
+    TaskStatus,
+    sources_of,
+    utcnow,
+)
 
 # SQLite's integers are 64-bit; an OFFSET beyond this is past any table.
 MAX_OFFSET = 2**63 - 1
 
+TASKS = cast("Table", Task.__table__)
+COUNTS = cast("Table", TaskCount.__table__)
+
+
+def _moving_to(target: TaskStatus) -> Any:
+    """The condition that the task bound as :task_id may move to `target`."""
+    return (TASKS.c.id == bindparam("task_id")) & TASKS.c.status.in_(sources_of(target))
+
+
+_INSERT = insert(TASKS).returning(*TASKS.c)
+_SELECT = select(*TASKS.c).where(TASKS.c.id == bindparam("task_id"))
+_CANCEL = (
+    update(TASKS)
+    .where(_moving_to(TaskStatus.CANCELLED))
+    .values(status=TaskStatus.CANCELLED, finish_time=bindparam("now"))
+    .returning(*TASKS.c)
+)
+_CLAIM = (
+    update(TASKS)
+    .where(_moving_to(TaskStatus.RUN))
+    .values(status=TaskStatus.RUN, start_time=bindparam("now"), attempts=TASKS.c.attempts + 1)
+    .returning(*TASKS.c)
+)
+# Only the attempt that is running may record its end: a runner from before a
+# crash cannot overwrite the result of a later attempt.
+_FINISH = {
+    status: update(TASKS)
+    .where(_moving_to(status), TASKS.c.attempts == bindparam("attempt"))
+    .values(
+        status=status,
+        exec_time=bindparam("exec_time"),
+        error=bindparam("error_message"),
+        finish_time=bindparam("now"),
+    )
+    for status in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+}
+_REQUEUE = (
+    update(TASKS)
+    .where(TASKS.c.status.in_(sources_of(TaskStatus.IN_QUEUE)))
+    .values(status=TaskStatus.IN_QUEUE, start_time=None)
+)
+_RANK = case({p.value: p.rank for p in TaskPriority}, value=TASKS.c.priority)
+_QUEUED = (
+    select(_RANK, TASKS.c.id)
+    .where(TASKS.c.status == TaskStatus.IN_QUEUE)
+    .order_by(_RANK, TASKS.c.id)
+)
+
 
 def create_task(
     session: Session, *, name: str | None, duration: float, priority: TaskPriority
-) -> Task:
+) -> TaskRow:
     """Insert a new queued task."""
-    task = Task(
-        name=name,
-        duration=duration,
-        priority=priority,
-        status=TaskStatus.IN_QUEUE,
-        create_time=utcnow(),
-        attempts=0,
-    )
-    session.add(task)
-    session.flush()
-    return task
+    values = {
+        "name": name,
+        "duration": duration,
+        "priority": priority,
+        "status": TaskStatus.IN_QUEUE,
+        "create_time": utcnow(),
+        "attempts": 0,
+    }
+    return session.execute(_INSERT, values).one()
 
 
-def get_task(session: Session, task_id: int) -> Task:
+def get_task(session: Session, task_id: int) -> TaskRow:
     """The task numbered `task_id`, or TaskNotFound."""
-    # populate_existing: after a conditional UPDATE the identity map is stale.
-    task = session.get(Task, task_id, populate_existing=True)
+    task = session.execute(_SELECT, {"task_id": task_id}).one_or_none()
     if task is None:
         raise TaskNotFound(task_id)
     return task
@@ -50,47 +119,63 @@ def list_tasks(
     priority: TaskPriority | None,
     offset: int,
     limit: int,
-) -> tuple[Sequence[Task], int]:
+) -> tuple[Sequence[TaskRow], int]:
     """A page of tasks, newest first, and how many match the filters in all."""
-    conditions = []
-    if status is not None:
-        conditions.append(Task.status == status)
-    if priority is not None:
-        conditions.append(Task.priority == priority)
-    total = session.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
+    filters = {"status": status, "priority": priority, "offset": offset, "limit": limit}
+    by_status, by_priority = status is not None, priority is not None
+    total: int = session.execute(_count_statement(by_status, by_priority), filters).scalar_one()
     if offset >= min(total, MAX_OFFSET):
         return [], total
-    page = session.scalars(
-        select(Task).where(*conditions).order_by(Task.id.desc()).offset(offset).limit(limit)
-    ).all()
+    page = session.execute(_page_statement(by_status, by_priority), filters).all()
     return page, total
 
 
 def count_tasks(session: Session, *, status: TaskStatus) -> int:
     """How many tasks have `status`."""
-    return session.scalar(select(func.count()).where(Task.status == status)) or 0
+    count: int = session.execute(_count_statement(True, False), {"status": status}).scalar_one()
+    return count
 
 
-def cancel_task(session: Session, task_id: int) -> Task:
+@cache
+def _count_statement(by_status: bool, by_priority: bool) -> Select[Any]:
+    # From the counts the database keeps (see TaskCount): counting the rows
+    # themselves reads an index entry per task, which at a million tasks takes
+    # longer than the rest of the request.
+    statement = select(func.coalesce(func.sum(COUNTS.c.count), 0))
+    if by_status:
+        statement = statement.where(COUNTS.c.status == bindparam("status"))
+    if by_priority:
+        statement = statement.where(COUNTS.c.priority == bindparam("priority"))
+    return statement
+
+
+@cache
+def _page_statement(by_status: bool, by_priority: bool) -> Select[Any]:
+    statement = select(*TASKS.c)
+    if by_status:
+        statement = statement.where(TASKS.c.status == bindparam("status"))
+    if by_priority:
+        statement = statement.where(TASKS.c.priority == bindparam("priority"))
+    return (
+        statement.order_by(TASKS.c.id.desc()).offset(bindparam("offset")).limit(bindparam("limit"))
+    )
+
+
+def cancel_task(session: Session, task_id: int) -> TaskRow:
     """Cancel a queued task, or raise why it cannot be cancelled."""
-    now = utcnow()
-    changed = _transition(session, task_id, TaskStatus.CANCELLED, finish_time=now)
-    task = get_task(session, task_id)
-    if not changed:
-        raise TaskNotCancellable(task_id, task.status)
+    task = session.execute(_CANCEL, {"task_id": task_id, "now": utcnow()}).one_or_none()
+    if task is None:
+        raise TaskNotCancellable(task_id, get_task(session, task_id).status)
     return task
 
 
-def claim_task(session: Session, task_id: int) -> Task | None:
+def claim_task(session: Session, task_id: int) -> TaskRow | None:
     """Move a queued task to Run and count the attempt; None if it is not queued.
 
     The status check and the change are one statement, so a task cancelled
     (or claimed) a moment earlier is never started.
     """
-    changed = _transition(
-        session, task_id, TaskStatus.RUN, start_time=utcnow(), attempts=Task.attempts + 1
-    )
-    return get_task(session, task_id) if changed else None
+    return session.execute(_CLAIM, {"task_id": task_id, "now": utcnow()}).one_or_none()
 
 
 def finish_task(
@@ -103,57 +188,27 @@ def finish_task(
     error: str | None = None,
     finish_time: datetime | None = None,
 ) -> bool:
-    """Record how attempt number `attempt` ended; False if that attempt is not running.
-
-    A runner from before a crash cannot overwrite the result of a later attempt.
-    """
-    return _transition(
-        session,
-        task_id,
-        status,
-        Task.attempts == attempt,
-        exec_time=exec_time,
-        error=error,
-        finish_time=finish_time or utcnow(),
-    )
+    """Record how attempt number `attempt` ended; False if that attempt is not running."""
+    values = {
+        "task_id": task_id,
+        "attempt": attempt,
+        "exec_time": exec_time,
+        "error_message": error,
+        "now": finish_time or utcnow(),
+    }
+    return _rowcount(session.execute(_FINISH[status], values)) == 1
 
 
 def requeue_interrupted(session: Session) -> int:
     """Queue again every task left running by a process that died; return how many."""
-    statement = (
-        update(Task)
-        .where(Task.status.in_(sources_of(TaskStatus.IN_QUEUE)))
-        .values(status=TaskStatus.IN_QUEUE, start_time=None)
-    )
-    return _rowcount(session, statement)
+    return _rowcount(session.execute(_REQUEUE))
 
 
 def queued_tasks(session: Session) -> Sequence[tuple[int, int]]:
     """(rank, id) of every queued task, in the order they should run."""
-    rank = case({p.value: p.rank for p in TaskPriority}, value=Task.priority)
-    rows = session.execute(
-        select(rank, Task.id).where(Task.status == TaskStatus.IN_QUEUE).order_by(rank, Task.id)
-    )
-    return [(row[0], row[1]) for row in rows]
+    return [(rank, task_id) for rank, task_id in session.execute(_QUEUED)]
 
 
-def _transition(
-    session: Session,
-    task_id: int,
-    target: TaskStatus,
-    *where: ColumnElement[bool],
-    **values: Any,
-) -> bool:
-    """Move the task to `target` if its status allows it; whether it moved."""
-    statement = (
-        update(Task)
-        .where(Task.id == task_id, Task.status.in_(sources_of(target)), *where)
-        .values(status=target, **values)
-    )
-    return _rowcount(session, statement) == 1
-
-
-def _rowcount(session: Session, statement: Update) -> int:
-    """How many rows `statement` changed."""
-    result = session.execute(statement, execution_options={"synchronize_session": False})
+def _rowcount(result: Any) -> int:
+    """How many rows the UPDATE behind `result` changed."""
     return cast("CursorResult[Any]", result).rowcount

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect, text
 
 from taskservice.db import Database
 from taskservice.models import Base
@@ -97,3 +97,32 @@ def test_concurrent_starts_migrate_once(database_url: str):
         assert differences(checker) == []
     finally:
         checker.dispose()
+
+
+def alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", "taskservice:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def test_the_counts_start_from_the_tasks_already_there(db: Database):
+    with db.engine.connect() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        rows = [("Completed", "high"), ("Completed", "high"), ("In Queue", "low")]
+        for status, priority in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO tasks (priority, duration, status, create_time, attempts)"
+                    " VALUES (:priority, 1, :status, CURRENT_TIMESTAMP, 0)"
+                ),
+                {"status": status, "priority": priority},
+            )
+        connection.commit()
+
+    db.upgrade_schema()
+
+    with db.engine.connect() as connection:
+        counts = connection.execute(text("SELECT status, priority, count FROM task_counts"))
+        nonzero = {(status, priority): count for status, priority, count in counts if count}
+    assert nonzero == {("Completed", "high"): 2, ("In Queue", "low"): 1}

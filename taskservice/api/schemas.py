@@ -66,6 +66,12 @@ class TaskCreateSchema(Schema):
 class TaskSchema(Schema):
     """A task as clients see it."""
 
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        """Read the field from the task's row by name (a row is also a tuple)."""
+        # marshmallow would first try obj[attr], which a row refuses with an
+        # exception, for every field of every task.
+        return getattr(obj, attr, default)
+
     id = fields.Integer(metadata={"description": "The task's number."})
     name = fields.String(allow_none=True)
     priority = fields.Enum(TaskPriority, by_value=True)

@@ -13,7 +13,7 @@ from flask_smorest.pagination import PaginationParameters
 from taskservice.api.parsing import JSONBodyParser
 from taskservice.api.schemas import TaskCreateSchema, TaskFilterSchema, TaskSchema
 from taskservice.extension import get_extension
-from taskservice.models import Task
+from taskservice.models import TaskRow
 
 
 class TaskBlueprint(Blueprint):
@@ -37,7 +37,7 @@ class Tasks(MethodView):
     @blp.paginate()
     def get(
         self, filters: dict[str, Any], pagination_parameters: PaginationParameters
-    ) -> Sequence[Task]:
+    ) -> Sequence[TaskRow]:
         """List tasks, newest first
 
         Filter by `status` and `priority`; page with `page` and `page_size` (at most 100).
@@ -56,7 +56,7 @@ class Tasks(MethodView):
     @blp.alt_response(400, response="DEFAULT_ERROR", description="The body is not valid JSON.")
     @blp.alt_response(413, response="DEFAULT_ERROR", description="The body is too large.")
     @blp.alt_response(415, response="DEFAULT_ERROR", description="The body is not JSON.")
-    def post(self, fields: dict[str, Any]) -> tuple[Task, int, dict[str, str]]:
+    def post(self, fields: dict[str, Any]) -> tuple[TaskRow, int, dict[str, str]]:
         """Create a task
 
         The task is queued and its number returned at once. The body and each field
@@ -72,14 +72,14 @@ class TaskView(MethodView):
 
     @blp.response(200, TaskSchema)
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
-    def get(self, task_id: int) -> Task:
+    def get(self, task_id: int) -> TaskRow:
         """Read a task's status and timings"""
         return get_extension().service.get(task_id)
 
     @blp.response(200, TaskSchema)
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
     @blp.alt_response(409, response="DEFAULT_ERROR", description="The task is no longer queued.")
-    def delete(self, task_id: int) -> Task:
+    def delete(self, task_id: int) -> TaskRow:
         """Cancel a queued task
 
         Only a task that is still `In Queue` can be cancelled; it then never runs.
