@@ -38,7 +38,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         os.makedirs(os.path.dirname(os.path.abspath(database_file)), exist_ok=True)
 
     api.init_app(app)
-    db = Database(app.config["DATABASE_URL"])
+    db = Database(
+        app.config["DATABASE_URL"],
+        sqlite_synchronous=app.config["TASKSERVICE_SQLITE_SYNCHRONOUS"],
+    )
     pool = None
     try:
         # The pool lock first: a migration must not change the schema under
@@ -74,6 +77,5 @@ def open_task_pool(config: Config, db: Database) -> Pool:
 def start_task_pool(pool: Pool, service: TaskService) -> None:
     """Queue what the database holds (requeuing what a dead process left), then start."""
     wait_out_lost_holder(pool.lock, tasks_running=service.count(status=TaskStatus.RUN))
-    for rank, task_id in service.recover():
-        pool.workers.submit(rank, task_id)
+    pool.workers.submit_many(service.recover())
     pool.workers.start()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import ArgumentError
 
-from taskservice.db import SUPPORTED_BACKENDS, backend_name, sqlite_path
+from taskservice.db import SQLITE_SYNCHRONOUS, SUPPORTED_BACKENDS, backend_name, sqlite_path
 from taskservice.errors import ConfigError
 
 N = TypeVar("N", int, float)
@@ -50,7 +50,19 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "TASKSERVICE_LOCK_TIMEOUT": _number(
             environ, "TASKSERVICE_LOCK_TIMEOUT", kind=float, default=5.0, low=0, high=3600
         ),
+        "TASKSERVICE_SQLITE_SYNCHRONOUS": _choice(
+            environ, "TASKSERVICE_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS, default="FULL"
+        ),
     }
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: Sequence[str], *, default: str) -> str:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.upper() not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw.upper()
 
 
 def _number(

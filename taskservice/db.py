@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from typing import Any, cast
 
 from alembic import command
@@ -43,24 +44,38 @@ def sqlite_path(url: URL | str) -> str | None:
     return None if database in (None, "", ":memory:") else database
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and explicit BEGINs.
+
+    `sqlite_synchronous` is SQLite's `synchronous` setting, see SQLITE_SYNCHRONOUS.
+    """
     if not is_sqlite(url):
         return create_engine(url, pool_pre_ping=True)
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"unknown SQLite synchronous setting {sqlite_synchronous!r}")
     engine = create_engine(url)
-    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "connect", partial(_configure_sqlite_connection, sqlite_synchronous))
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
 
 
-def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+# In WAL mode, both keep every commit through a killed process: the commit is
+# in the operating system's cache when COMMIT returns. FULL also syncs the WAL
+# to the disk at every commit, so a commit survives a power cut or a kernel
+# crash too; NORMAL syncs at checkpoints only, so such a crash can lose the
+# last commits (never corrupt the database).
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def _configure_sqlite_connection(
+    synchronous: str, dbapi_connection: sqlite3.Connection, _record: Any
+) -> None:
     # Let SQLAlchemy, not the driver, decide when a transaction starts.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
     _enable_wal(cursor)
-    # FULL: a commit is on disk before the 201 leaves, even if the power fails.
-    cursor.execute("PRAGMA synchronous = FULL")
+    cursor.execute(f"PRAGMA synchronous = {synchronous}")
     cursor.close()
 
 
@@ -110,9 +125,9 @@ class Database:
     query it ran.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
-        self.engine = create_db_engine(url)
+        self.engine = create_db_engine(url, sqlite_synchronous=sqlite_synchronous)
         self._thread = threading.local()
         self._connections: list[Connection] = []
         self._connections_lock = threading.Lock()

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     CursorResult,
     Select,
     Table,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from taskservice.errors import TaskNotCancellable, TaskNotFound
@@ -141,7 +143,8 @@ def _count_statement(by_status: bool, by_priority: bool) -> Select[Any]:
     # From the counts the database keeps (see TaskCount): counting the rows
     # themselves reads an index entry per task, which at a million tasks takes
     # longer than the rest of the request.
-    statement = select(func.coalesce(func.sum(COUNTS.c.count), 0))
+    # PostgreSQL sums integers to a numeric; the total is an integer.
+    statement = select(sql_cast(func.coalesce(func.sum(COUNTS.c.count), 0), BigInteger))
     if by_status:
         statement = statement.where(COUNTS.c.status == bindparam("status"))
     if by_priority:

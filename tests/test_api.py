@@ -8,8 +8,10 @@ from datetime import datetime
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_smorest import Blueprint
 
 from taskservice import tasks
+from taskservice.api.tasks import TaskBlueprint
 from taskservice.extension import get_extension
 from taskservice.models import TaskStatus
 
@@ -361,3 +363,11 @@ class TestProtocol:
         assert script.status_code == 200
         assert len(script.data) > 100_000
         script.close()
+
+
+@pytest.mark.parametrize("item_count", [0, 1, 9, 10, 11, 25, 10**7])
+@pytest.mark.parametrize("page", [1, 2, 3, 4, 10**6])
+def test_pagination_header_is_flask_smorests(page: int, item_count: int):
+    ours = TaskBlueprint._make_pagination_metadata(page, 10, item_count)
+
+    assert ours == Blueprint._make_pagination_metadata(page, 10, item_count)

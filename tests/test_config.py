@@ -22,6 +22,7 @@ def test_defaults(tmp_path: Path):
         "TASKSERVICE_TIME_SCALE": 1.0,
         "TASKSERVICE_FAILURE_RATE": 0.0,
         "TASKSERVICE_LOCK_TIMEOUT": 5.0,
+        "TASKSERVICE_SQLITE_SYNCHRONOUS": "FULL",
     }
 
 
@@ -31,6 +32,7 @@ def test_values_from_the_environment(tmp_path: Path):
         "TASKSERVICE_CONCURRENCY": "3",
         "TASKSERVICE_TIME_SCALE": "0.5",
         "TASKSERVICE_FAILURE_RATE": "0.25",
+        "TASKSERVICE_SQLITE_SYNCHRONOUS": "normal",
     }
 
     config = load_config(environ, str(tmp_path))
@@ -39,6 +41,7 @@ def test_values_from_the_environment(tmp_path: Path):
     assert config["TASKSERVICE_CONCURRENCY"] == 3
     assert config["TASKSERVICE_TIME_SCALE"] == 0.5
     assert config["TASKSERVICE_FAILURE_RATE"] == 0.25
+    assert config["TASKSERVICE_SQLITE_SYNCHRONOUS"] == "NORMAL"
 
 
 @pytest.mark.parametrize(
@@ -51,6 +54,11 @@ def test_values_from_the_environment(tmp_path: Path):
         ("TASKSERVICE_FAILURE_RATE", "nan", "must be between"),
         ("TASKSERVICE_TIME_SCALE", "-1", "TASKSERVICE_TIME_SCALE must be between"),
         ("TASKSERVICE_TIME_SCALE", "fast", "TASKSERVICE_TIME_SCALE must be a number"),
+        (
+            "TASKSERVICE_SQLITE_SYNCHRONOUS",
+            "OFF",
+            "TASKSERVICE_SQLITE_SYNCHRONOUS must be one of FULL, NORMAL, got 'OFF'",
+        ),
         ("DATABASE_URL", "sqlite://", "in-memory SQLite"),
         ("DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite"),
         ("DATABASE_URL", "mysql://root@localhost/tasks", "mysql is not supported"),

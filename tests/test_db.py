@@ -41,6 +41,23 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(db: Database):
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 5000
 
 
+@pytest.mark.parametrize(("setting", "value"), [("FULL", 2), ("NORMAL", 1)])
+def test_the_sync_setting_applies_to_every_connection(database_url: str, setting: str, value: int):
+    db = Database(database_url, sqlite_synchronous=setting)
+    try:
+        with db.reading() as session:
+            assert session.execute(text("PRAGMA synchronous")).scalar() == value
+        with db.engine.connect() as pooled:
+            assert pooled.execute(text("PRAGMA synchronous")).scalar() == value
+    finally:
+        db.dispose()
+
+
+def test_an_unknown_sync_setting_is_refused(database_url: str):
+    with pytest.raises(ValueError, match="unknown SQLite synchronous setting 'OFF'"):
+        Database(database_url, sqlite_synchronous="OFF")
+
+
 def test_a_write_transaction_holds_the_write_lock_from_its_start(db: Database, database_url: str):
     other = other_connection(database_url)
     # Nothing written yet, but the lock is taken: a writer that would read

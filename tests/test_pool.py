@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 
 import pytest
 
 from taskservice.pool import Worker, WorkerPool
+from taskservice.pool.workers import TaskQueue
 from tests.helpers import wait_for
 
 
-def make_worker(handler) -> tuple[Worker, queue.PriorityQueue]:
-    tasks: queue.PriorityQueue = queue.PriorityQueue()
+def make_worker(handler) -> tuple[Worker, TaskQueue]:
+    tasks = TaskQueue()
     return Worker("worker-test", tasks, handler), tasks
 
 
@@ -37,6 +37,40 @@ def test_loop_order_is_rank_then_number():
         pass
 
     assert handled == [1, 9, 3, 4, 5]
+
+
+def test_a_backlog_put_at_once_joins_the_queue_in_order():
+    handled: list[int] = []
+    worker, tasks = make_worker(handled.append)
+    tasks.put((1, 6))
+    tasks.put_many([(2, 5), (0, 9), (1, 3)])
+    tasks.put_many(iter([(0, 1), (2, 4)]))
+
+    assert tasks.unfinished_tasks == 6
+    while worker.loop(timeout=0) and tasks.unfinished_tasks:
+        pass
+
+    assert handled == [1, 9, 3, 6, 4, 5]
+
+
+def test_a_backlog_put_at_once_wakes_every_waiting_worker():
+    both_running = threading.Barrier(2, timeout=5)  # broken if one worker sleeps on
+    handled: list[int] = []
+
+    def handler(task_id: int) -> None:
+        both_running.wait()
+        handled.append(task_id)
+
+    pool = WorkerPool(handler, concurrency=2)
+    pool.start()
+    try:
+        wait_for(lambda: pool.alive() == 2)
+        pool.submit_many([(1, task_id) for task_id in range(1, 5)])
+
+        wait_for(lambda: len(handled) == 4)
+    finally:
+        assert pool.stop(timeout=5)
+    assert sorted(handled) == [1, 2, 3, 4]
 
 
 def test_loop_on_an_empty_queue_returns_after_timeout():

@@ -12,6 +12,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
 from taskservice.api import health, tasks
+from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
 from taskservice.errors import TaskNotCancellable, TaskNotFound, TaskServiceError
 
@@ -86,6 +87,7 @@ def init_app(app: Flask) -> Api:
     # "/tasks//1" is not found, rather than redirected to a URL built from Host.
     app.url_map.merge_slashes = False
     app.url_map.converters["task_id"] = TaskIdConverter
+    app.json = OrjsonProvider(app)
     api = Api(app)
     api.register_converter(TaskIdConverter, task_id_schema)
     api.register_blueprint(tasks.blp)

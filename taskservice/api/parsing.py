@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import marshmallow as ma
 from flask import Request
 from flask_smorest import abort
 from webargs import core
@@ -51,7 +52,28 @@ def read_body(request: Request) -> bytes:
     return data
 
 
-class JSONBodyParser(FlaskParser):
+class SchemaParser(FlaskParser):
+    """webargs' parser, with one instance of each schema class it is given.
+
+    webargs builds a schema given as a class for every request, and building
+    a marshmallow schema (it deep-copies its fields) cost more than the rest
+    of a read. A schema instance holds no state between loads, so one serves
+    every request and thread (flask-smorest shares its response schemas so).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._schemas: dict[type[ma.Schema], ma.Schema] = {}
+
+    def _get_schema(self, argmap: Any, req: Request) -> ma.Schema:
+        if isinstance(argmap, type) and issubclass(argmap, ma.Schema):
+            if argmap not in self._schemas:
+                self._schemas[argmap] = argmap()
+            return self._schemas[argmap]
+        return super()._get_schema(argmap, req)
+
+
+class JSONBodyParser(SchemaParser):
     """webargs' parser, stricter about bodies.
 
     An empty body means "all defaults", so `curl -X POST .../tasks` works; a
