@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format typecheck clean
+.PHONY: help run test bench lint format typecheck clean
 
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ run: $(BIN)/.runtime  ## Start the service (default http://127.0.0.1:8000/docs; 
 
 test: lint typecheck  ## Lint, type-check and run the test suite
 	$(BIN)/pytest
+
+# Options go through BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`.
+bench: $(BIN)/.dev  ## Measure throughput, latency, dispatch and memory; rewrite docs/benchmarks.md
+	@command -v wrk >/dev/null || { echo "wrk not found; install it with: apt-get install wrk" >&2; exit 1; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(BIN)/.dev  ## Check style and formatting with ruff
 	$(BIN)/ruff check .

@@ -1,0 +1,1 @@
+"""The benchmark harness of taskservice: `make bench`, or `python -m bench --help`."""

@@ -1,0 +1,139 @@
+"""`python -m bench`: measure the service, print the figures, rewrite docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import http_scenarios as http
+from bench.load import LoadError, machine_busy_seconds, own_cpu_seconds, wrk_path
+from bench.machine import REPORT_FILE, describe
+from bench.pool_scenarios import SLOTS, measure_pool
+from bench.report import render, write_report
+from bench.results import Results, write_json
+from bench.scale_scenarios import measure_scale
+from bench.server import ROOT, ServerError
+from bench.workspace import BenchError, Settings, Workspace, workspace
+
+# Every commit waits for an fsync: its latency on the disk of the databases
+# explains the tail of the write latencies.
+FSYNC_PROBE_SECONDS = 3.0
+FULL = Settings(
+    seconds=10, rows=1_000_000, backlog=10_000, dispatch_tasks=500, queued=100_000, starts=3
+)
+QUICK = Settings(seconds=1, rows=2_000, backlog=200, dispatch_tasks=40, queued=1_000, starts=1)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; sizes left out come from the full or the --quick preset."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, about 1 s per step")
+    parser.add_argument("--seconds", type=float, help=f"per measurement ({FULL.seconds:g})")
+    parser.add_argument("--rows", type=int, help=f"rows of the large listing ({FULL.rows:,})")
+    parser.add_argument("--backlog", type=int, help=f"queued tasks for reads ({FULL.backlog:,})")
+    parser.add_argument(
+        "--dispatch-tasks", type=int, help=f"short tasks for dispatch ({FULL.dispatch_tasks})"
+    )
+    parser.add_argument("--queued", type=int, help=f"largest queue for memory ({FULL.queued:,})")
+    parser.add_argument("--starts", type=int, help=f"starts per queue size ({FULL.starts})")
+    parser.add_argument("--report", type=Path, default=ROOT / REPORT_FILE, help="report to write")
+    parser.add_argument("--json", type=Path, help="also write every raw figure here")
+    parser.add_argument("--tmpdir", type=Path, help="where the temporary databases go (on disk)")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The preset, with the sizes given on the command line instead of its own."""
+    preset = QUICK if args.quick else FULL
+    chosen = {
+        name: getattr(args, name) if getattr(args, name) is not None else getattr(preset, name)
+        for name in ("seconds", "rows", "backlog", "dispatch_tasks", "queued", "starts")
+    }
+    settings = Settings(**chosen)
+    if settings.rows <= settings.small_rows:
+        raise BenchError(
+            f"--rows must be more than the {settings.small_rows:,} rows it is compared to"
+        )
+    if min(settings.seconds, settings.backlog, settings.dispatch_tasks, settings.starts) < 1:
+        raise BenchError("--seconds, --backlog, --dispatch-tasks and --starts must be at least 1")
+    if settings.queued < 10:
+        raise BenchError("--queued must be at least 10")
+    return settings
+
+
+def step(message: str) -> None:
+    """Say what is being measured, on stderr: a full run takes minutes."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def measure(work: Workspace) -> Results:
+    """Every measurement, one after the other, each on its own server."""
+    settings = work.settings
+    machine = describe(work.root, fsync_seconds=min(FSYNC_PROBE_SECONDS, settings.seconds / 2))
+    step("the ceiling (bench.ceiling:app)")
+    ceiling = http.measure_ceiling(work)
+    step("POST /tasks")
+    creation = http.with_ceiling(http.measure_creation(work), ceiling)
+    step(f"GET /tasks/{{id}} with {settings.backlog:,} queued")
+    reads, loaded = http.measure_reads(work)
+    listings = []
+    for rows in (settings.small_rows, settings.rows):
+        step(f"listing on {rows:,} rows")
+        listing = http.measure_listing(work, rows)
+        for load in listing.loads():
+            http.with_ceiling({load.clients: load}, ceiling)
+        listings.append(listing)
+    step(f"dispatch over {settings.dispatch_tasks:,} tasks, then the limit under load")
+    dispatch, limit = measure_pool(work)
+    step(f"memory and start-up with up to {settings.queued:,} queued")
+    scale = measure_scale(work)
+    return Results(
+        settings=settings,
+        machine=machine,
+        ceiling=ceiling,
+        creation=creation,
+        reads=http.with_ceiling(reads, ceiling),
+        reads_loaded=loaded,
+        listings=listings,
+        dispatch=dispatch,
+        limit=limit,
+        scale=scale,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 1 if the limit of two was broken, 2 if it could not run."""
+    args = parse_args(argv)
+    try:
+        settings = settings_from(args)
+        wrk_path()  # before minutes of work: the one tool that is not in the venv
+        began, own, machine = time.monotonic(), own_cpu_seconds(), machine_busy_seconds()
+        with workspace(settings, args.tmpdir) as work:
+            results = measure(work)
+        # Every server has been stopped and waited for: its CPU time is in our children's.
+        others = (machine_busy_seconds() - machine) - (own_cpu_seconds() - own)
+        results.other_cpu_share = others / (time.monotonic() - began)
+    except (BenchError, LoadError, ServerError) as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    generated = render(results)
+    print(generated)
+    write_report(args.report, generated)
+    if args.json is not None:
+        write_json(results, args.json)
+    step(f"report written to {args.report}")
+    if results.limit_exceeded():
+        print(
+            f"bench: FAILED: more than {SLOTS} tasks ran at once (sampled "
+            f"{results.limit.most_running_sampled}, intervals {results.limit.max_overlap})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The benchmark harness: a tiny real run, and the analysis it rebuilds from task timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.analysis import all_busy_share, dispatch, max_overlap, percentile
+from bench.database import Run
+from bench.report import BEGIN, END, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+# CI installs wrk and sets this, so that a missing wrk fails there instead of skipping.
+REQUIRE_WRK = os.environ.get("TASKSERVICE_REQUIRE_WRK") == "1"
+SECTIONS = (
+    "Machine",
+    "Targets",
+    "Throughput and latency",
+    "Load generator",
+    "Listing at",
+    "Dispatch",
+    "Limit under load",
+    "Memory and start-up",
+)
+
+ENDPOINTS = (
+    "GET /ceiling",
+    "POST /tasks",
+    "GET /tasks/{id}",
+    "GET /tasks first pages",
+    "GET /tasks deep page",
+)
+
+
+def run(task_id: int, created: float, started: float, finished: float) -> Run:
+    return Run(task_id=task_id, created=created, started=started, finished=finished)
+
+
+def test_dispatch_gap_is_measured_from_the_slot_freed_first():
+    runs = [
+        run(1, 0.0, 0.0, 1.0),
+        run(2, 0.0, 0.0, 2.0),
+        run(3, 0.0, 1.1, 3.0),  # takes the slot task 1 freed at 1.0
+        run(4, 0.0, 2.3, 4.0),  # takes the slot task 2 freed at 2.0
+    ]
+
+    found = dispatch(runs, slots=2)
+
+    assert found.gaps == pytest.approx([0.1, 0.3])
+    assert found.unmatched_starts == 0
+
+
+def test_dispatch_gap_counts_from_creation_when_the_queue_was_empty():
+    runs = [run(1, 0.0, 0.0, 1.0), run(2, 0.0, 0.0, 1.0), run(3, 5.0, 5.002, 6.0)]
+
+    assert dispatch(runs, slots=2).gaps == pytest.approx([0.002])
+
+
+def test_dispatch_reports_a_start_with_no_free_slot():
+    runs = [run(1, 0, 0, 2), run(2, 0, 0, 2), run(3, 0, 1, 2)]
+
+    assert dispatch(runs, slots=2).unmatched_starts == 1
+
+
+def test_utilisation_is_the_share_with_both_slots_busy_between_first_and_last_start():
+    # Both busy from 0 to 1 and from 1.5 to 2; the window ends at the last start, 2.
+    runs = [run(1, 0, 0, 3), run(2, 0, 0, 1), run(3, 0, 1.5, 3), run(4, 0, 2, 3)]
+
+    assert all_busy_share(runs, slots=2) == pytest.approx(0.75)
+
+
+def test_max_overlap_does_not_count_a_start_at_another_task_s_finish():
+    assert max_overlap([run(1, 0, 0, 1), run(2, 0, 1, 2), run(3, 0, 1.5, 3)]) == 2
+    assert max_overlap([run(1, 0, 0, 2), run(2, 0, 0.5, 2), run(3, 0, 1, 3)]) == 3
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(value) for value in range(1, 101)]
+
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+
+
+def test_report_keeps_the_text_outside_the_markers(tmp_path: Path):
+    report = tmp_path / "benchmarks.md"
+    report.write_text(f"intro\n{BEGIN}\nold figures\n{END}\nafterword\n")
+
+    write_report(report, "new figures")
+
+    assert report.read_text() == f"intro\n{BEGIN}\nnew figures\n{END}\nafterword\n"
+
+
+def test_report_is_created_with_markers(tmp_path: Path):
+    report = tmp_path / "docs" / "benchmarks.md"
+
+    write_report(report, "figures")
+
+    text = report.read_text()
+    assert text.startswith("# Benchmarks")
+    assert f"{BEGIN}\nfigures\n{END}" in text
+
+
+def sections(report: str) -> dict[str, str]:
+    """The generated sections of the report, by title."""
+    generated = report.split(BEGIN, 1)[1].split(END, 1)[0]
+    parts = re.split(r"^### (.+)$", generated, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(180)
+def test_quick_benchmark_run(tmp_path: Path):
+    if shutil.which("wrk") is None:
+        reason = "wrk is not installed (apt-get install wrk)"
+        if REQUIRE_WRK:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    report = tmp_path / "benchmarks.md"
+    report.write_text(f"hand-written intro\n\n{BEGIN}\n{END}\n\nhand-written end\n")
+    raw = tmp_path / "bench.json"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--report", str(report), "--json", str(raw)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    text = report.read_text()
+    assert text.startswith("hand-written intro\n")
+    assert text.endswith("hand-written end\n")
+    found = sections(text)
+    for title in SECTIONS:
+        body = next((body for name, body in found.items() if name.startswith(title)), "")
+        assert re.search(r"\d", body), f"no figures in section {title!r}"
+    throughput = found["Throughput and latency"]
+    for endpoint in ENDPOINTS:
+        assert re.search(rf"^\| {re.escape(endpoint)}.*\| \d", throughput, re.MULTILINE), endpoint
+    results = json.loads(raw.read_text())
+    for load in results["creation"].values():
+        assert set(load["statuses"]) == {"201"}
+        assert load["statuses"]["201"] == load["requests"] > 0
+        assert sum(load["socket_errors"].values()) == 0
+    limit = results["limit"]
+    assert limit["samples"] > 0
+    assert limit["finished_tasks"] > 0
+    assert 1 <= limit["most_running_sampled"] <= 2
+    assert 1 <= limit["max_overlap"] <= 2
+    assert len(results["dispatch"]["gaps_ms"]) == results["dispatch"]["tasks"] - 2
