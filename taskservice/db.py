@@ -116,6 +116,41 @@ def _immediate_begin(connection: Connection) -> Iterator[None]:
         del connection.info[_BEGIN_MODE]
 
 
+class WriteTurn:
+    """The one write turn of an SQLite database among this process's threads.
+
+    Urgent writers take it before the others waiting: a worker waiting to
+    claim its next task leaves a slot idle, while a request waiting to create
+    one only answers a little later. With a plain lock, a claim could wait
+    behind a whole flood of creates.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._taken = False
+        self._urgent_waiting = 0
+
+    @contextmanager
+    def take(self, urgent: bool) -> Iterator[None]:
+        """Hold the turn for the block, once it is free (and no urgent writer waits)."""
+        with self._changed:
+            if urgent:
+                self._urgent_waiting += 1
+                try:
+                    self._changed.wait_for(lambda: not self._taken)
+                finally:
+                    self._urgent_waiting -= 1
+            else:
+                self._changed.wait_for(lambda: not (self._taken or self._urgent_waiting))
+            self._taken = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._taken = False
+                self._changed.notify_all()
+
+
 class Database:
     """An engine and the thread-scoped sessions bound to it.
 
@@ -138,9 +173,7 @@ class Database:
         # taking the lock. Nearly every write comes from this process (one
         # pool per database), so its threads wait here instead, woken as soon
         # as the turn is free; other processes still meet the busy timeout.
-        self._write_turn: AbstractContextManager[object] = (
-            threading.Lock() if is_sqlite(url) else nullcontext()
-        )
+        self._write_turn = WriteTurn() if is_sqlite(url) else None
 
     def upgrade_schema(self) -> None:
         """Apply the schema migrations the database has not had yet."""
@@ -164,9 +197,13 @@ class Database:
         return connection
 
     @contextmanager
-    def writing(self) -> Iterator[Session]:
-        """A session in a write transaction, committed on success, rolled back on error."""
-        with self._transaction(self._write_turn) as session:
+    def writing(self, *, urgent: bool = False) -> Iterator[Session]:
+        """A session in a write transaction, committed on success, rolled back on error.
+
+        An `urgent` writer (the task pool's) is served before waiting others.
+        """
+        turn = nullcontext() if self._write_turn is None else self._write_turn.take(urgent)
+        with self._transaction(turn) as session:
             with _immediate_begin(self._thread_connection()):
                 session.connection()  # begins the transaction now
             yield session

@@ -137,7 +137,7 @@ class TaskRunner:
             logger.info("%s: task %s failed in %.3f s: %s", worker, task.id, exec_time, error)
 
     def _claim(self, task_id: int, retry: bool) -> TaskRow | None:
-        with self._db.writing() as session:
+        with self._db.writing(urgent=True) as session:
             task = tasks.claim_task(session, task_id)
             if task is None and retry:
                 # The failed try may have committed before its answer was lost.
@@ -150,7 +150,7 @@ class TaskRunner:
     def _finish(
         self, task: TaskRow, status: TaskStatus, exec_time: float, error: str | None, retry: bool
     ) -> bool:
-        with self._db.writing() as session:
+        with self._db.writing(urgent=True) as session:
             finished = tasks.finish_task(
                 session, task.id, task.attempts, status=status, exec_time=exec_time, error=error
             )

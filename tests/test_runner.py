@@ -59,6 +59,24 @@ def test_runs_a_task_to_completion(app: Flask, runner: TaskRunner):
     assert task.exec_time >= 0.02  # it slept 20 ms (duration 20 at scale 0.001)
 
 
+def test_the_runner_writes_first(app: Flask, runner: TaskRunner, monkeypatch: pytest.MonkeyPatch):
+    """Its claims and results go before waiting creates: an idle slot costs more."""
+    db = get_extension_of(app).db
+    real_writing = db.writing
+    urgency: list[bool] = []
+
+    def writing(*, urgent: bool = False):
+        urgency.append(urgent)
+        return real_writing(urgent=urgent)
+
+    task_id = new_task(app)
+    monkeypatch.setattr(db, "writing", writing)
+    runner(task_id)
+
+    assert read(app, task_id).status is TaskStatus.COMPLETED
+    assert urgency == [True, True]  # the claim and the finish
+
+
 def test_execution_time_is_measured_on_the_monotonic_clock(app: Flask):
     now = [1000.0]
 
