@@ -17,7 +17,11 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 # lives in the worker process, and a database takes one pool only.
 workers = 1
 worker_class = "gthread"
-_threads = os.environ.get("GUNICORN_THREADS", "4")
+# Two request threads, chosen by measurement (docs/benchmarks.md): the threads
+# share one interpreter lock, so one thread answered ~15 % more requests than
+# two and four ~15 % fewer; two keep the service answering while one request
+# waits on a slow or stalled client.
+_threads = os.environ.get("GUNICORN_THREADS", "2")
 if not _threads.isdigit() or int(_threads) < 1:
     _refuse(f"GUNICORN_THREADS must be a whole number of at least 1, got {_threads!r}")
 threads = int(_threads)
@@ -77,7 +81,8 @@ def post_worker_init(worker):
     here; exiting stops them (a sleeping task cannot be interrupted), and
     gunicorn starts a fresh worker, which waits for the lock and recovers.
     """
-    extension = worker.wsgi.extensions.get(EXTENSION_KEY)  # absent in the benchmark's ceiling app
+    # Absent from the benchmark's ceiling app, which runs with these same settings.
+    extension = worker.wsgi.extensions.get(EXTENSION_KEY)
     if extension is not None and extension.pool is not None and extension.pool.lock.can_be_lost:
         extension.pool.watchdog.start(on_lost=lambda: os._exit(1))
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from taskservice.writeturn import WriteTurn
 
 # How long a writer waits for SQLite's write lock before giving up. Writes are
 # short (one statement each), so a long wait means the database is stuck.
@@ -44,11 +45,17 @@ def sqlite_path(url: URL | str) -> str | None:
     return None if database in (None, "", ":memory:") else database
 
 
-def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and explicit BEGINs.
+# SQLite's `synchronous` settings the service offers. In WAL mode both keep
+# every commit through a killed process: the commit is in the operating
+# system's cache when COMMIT returns. FULL also syncs the WAL to the disk at
+# every commit, so a commit survives a power cut or a kernel crash too; NORMAL
+# syncs at checkpoints only, so such a crash can lose the last commits (it
+# never corrupts the database).
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
-    `sqlite_synchronous` is SQLite's `synchronous` setting, see SQLITE_SYNCHRONOUS.
-    """
+
+def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for `url`; SQLite gets WAL, the given sync, a busy timeout and explicit BEGINs."""
     if not is_sqlite(url):
         return create_engine(url, pool_pre_ping=True)
     if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
@@ -57,14 +64,6 @@ def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     event.listen(engine, "connect", partial(_configure_sqlite_connection, sqlite_synchronous))
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
-
-
-# In WAL mode, both keep every commit through a killed process: the commit is
-# in the operating system's cache when COMMIT returns. FULL also syncs the WAL
-# to the disk at every commit, so a commit survives a power cut or a kernel
-# crash too; NORMAL syncs at checkpoints only, so such a crash can lose the
-# last commits (never corrupt the database).
-SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
 def _configure_sqlite_connection(
@@ -103,109 +102,41 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
     # A writer takes the write lock at BEGIN (IMMEDIATE), so two writers queue
     # on the busy timeout instead of deadlocking when a read lock is upgraded.
     # Readers begin DEFERRED and never take the write lock.
-    connection.exec_driver_sql(f"BEGIN {connection.info.get(_BEGIN_MODE, 'DEFERRED')}")
-
-
-@contextmanager
-def _immediate_begin(connection: Connection) -> Iterator[None]:
-    """Make the transaction begun on `connection` in this block a writer's (SQLite)."""
-    connection.info[_BEGIN_MODE] = "IMMEDIATE"
-    try:
-        yield
-    finally:
-        del connection.info[_BEGIN_MODE]
-
-
-class WriteTurn:
-    """The one write turn of an SQLite database among this process's threads.
-
-    Urgent writers take it before the others waiting: a worker waiting to
-    claim its next task leaves a slot idle, while a request waiting to create
-    one only answers a little later. With a plain lock, a claim could wait
-    behind a whole flood of creates.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._taken = False
-        self._urgent_waiting = 0
-
-    @contextmanager
-    def take(self, urgent: bool) -> Iterator[None]:
-        """Hold the turn for the block, once it is free (and no urgent writer waits)."""
-        with self._changed:
-            if urgent:
-                self._urgent_waiting += 1
-                try:
-                    self._changed.wait_for(lambda: not self._taken)
-                finally:
-                    self._urgent_waiting -= 1
-            else:
-                self._changed.wait_for(lambda: not (self._taken or self._urgent_waiting))
-            self._taken = True
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._taken = False
-                self._changed.notify_all()
+    mode = connection.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 class Database:
-    """An engine and the thread-scoped sessions bound to it.
-
-    Each thread keeps one connection for its life (request threads and
-    workers are few and long-lived), and its session is bound to it: checking
-    a connection out of the pool and back for every request cost more than the
-    query it ran.
-    """
+    """An engine and the thread-scoped sessions bound to it."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
         self.engine = create_db_engine(url, sqlite_synchronous=sqlite_synchronous)
-        self._thread = threading.local()
-        self._connections: list[Connection] = []
-        self._connections_lock = threading.Lock()
-        # Any callable can make the sessions; the stubs only know sessionmaker.
-        self.session = scoped_session(cast("sessionmaker[Session]", self._new_session))
-        # SQLite has one writer at a time, and its busy handler polls with
-        # sleeps of up to 100 ms, so a writer can starve while others keep
-        # taking the lock. Nearly every write comes from this process (one
-        # pool per database), so its threads wait here instead, woken as soon
-        # as the turn is free; other processes still meet the busy timeout.
+        self.session = scoped_session(sessionmaker(self.engine, expire_on_commit=False))
+        # SQLite has one writer at a time. Nearly every write comes from this
+        # process (one pool per database), so its threads take turns here;
+        # other processes still meet the busy timeout.
         self._write_turn = WriteTurn() if is_sqlite(url) else None
 
     def upgrade_schema(self) -> None:
         """Apply the schema migrations the database has not had yet."""
         config = AlembicConfig()
         config.set_main_option("script_location", "taskservice:migrations")
-        with self.engine.connect() as connection, _immediate_begin(connection):
+        with self.engine.connect() as connection:
+            connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
-
-    def _new_session(self) -> Session:
-        return Session(bind=self._thread_connection(), expire_on_commit=False)
-
-    def _thread_connection(self) -> Connection:
-        connection: Connection | None = getattr(self._thread, "connection", None)
-        if connection is None or connection.closed:
-            connection = self.engine.connect()
-            with self._connections_lock:
-                self._connections.append(connection)
-            self._thread.connection = connection
-        return connection
 
     @contextmanager
     def writing(self, *, urgent: bool = False) -> Iterator[Session]:
         """A session in a write transaction, committed on success, rolled back on error.
 
-        An `urgent` writer (the task pool's) is served before waiting others.
+        An `urgent` writer (the task pool's) goes before others waiting for the turn.
         """
         turn = nullcontext() if self._write_turn is None else self._write_turn.take(urgent)
         with self._transaction(turn) as session:
-            with _immediate_begin(self._thread_connection()):
-                session.connection()  # begins the transaction now
+            session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
             yield session
 
     @contextmanager
@@ -221,11 +152,6 @@ class Database:
     @contextmanager
     def _transaction(self, turn: AbstractContextManager[object]) -> Iterator[Session]:
         session = self.session()
-        if cast(Connection, session.bind).closed:
-            # dispose() closed it while this thread still ran (a worker that
-            # outlived its pool's stop): reconnect, as a pooled checkout would.
-            self.session.remove()
-            session = self.session()
         if session.in_transaction():
             # Each unit of work is one transaction; nesting would silently
             # turn a write into part of a read, or roll back the outer one
@@ -240,14 +166,10 @@ class Database:
             connection.execute(text("SELECT 1"))
 
     def remove_session(self) -> None:
-        """Close this thread's session; its connection stays open for the thread."""
+        """Close this thread's session and return its connection to the pool."""
         self.session.remove()
 
     def dispose(self) -> None:
-        """Close every connection, the threads' own and the pooled ones."""
+        """Close every pooled connection."""
         self.session.remove()
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
         self.engine.dispose()

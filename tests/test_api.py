@@ -371,3 +371,19 @@ def test_pagination_header_is_flask_smorests(page: int, item_count: int):
     ours = TaskBlueprint._make_pagination_metadata(page, 10, item_count)
 
     assert ours == Blueprint._make_pagination_metadata(page, 10, item_count)
+
+
+def test_an_answer_orjson_cannot_encode_is_still_json(client: FlaskClient):
+    """A lone surrogate in a field name comes back in the error, escaped."""
+    response = client.post(
+        "/tasks", data='{"\\ud800": 1}', headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert response.json["errors"]["json"] == {"\ud800": ["Unknown field."]}
+
+
+def test_the_openapi_document_keeps_its_order(client: FlaskClient):
+    document = json.loads(client.get("/openapi.json").get_data(as_text=True))
+
+    assert list(document["paths"]["/tasks/{task_id}"]) == ["get", "delete", "parameters"]

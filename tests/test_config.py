@@ -103,6 +103,21 @@ def test_test_config_overrides_the_environment(tmp_path: Path):
         app.extensions[EXTENSION_KEY].close()
 
 
+@pytest.mark.parametrize(("setting", "pragma"), [("FULL", 2), ("NORMAL", 1)])
+def test_the_sqlite_sync_setting_reaches_the_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setting: str, pragma: int
+):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'sync.sqlite3'}")
+    monkeypatch.setenv("TASKSERVICE_SQLITE_SYNCHRONOUS", setting)
+
+    app = create_app(start_pool=False)
+    try:
+        with app.extensions[EXTENSION_KEY].db.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+    finally:
+        app.extensions[EXTENSION_KEY].close()
+
+
 def test_pool_starts_with_the_app(pool_app):
     pool = pool_app.extensions[EXTENSION_KEY].pool
     assert pool is not None

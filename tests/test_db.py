@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,9 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import StatementError
 
-from taskservice.db import Database, WriteTurn, sqlite_path
+from taskservice.db import Database, sqlite_path
 from taskservice.models import Task, TaskPriority, TaskStatus
-from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -141,51 +138,3 @@ def test_transactions_do_not_nest(db: Database):
 def test_writes_do_not_nest(db: Database):
     with db.writing(), pytest.raises(RuntimeError, match="already open"), db.writing():
         pass
-
-
-def waiters(turn: WriteTurn) -> int:
-    return len(turn._changed._waiters)  # type: ignore[attr-defined]  # CPython's Condition
-
-
-def test_an_urgent_writer_goes_before_others_waiting():
-    turn = WriteTurn()
-    order: list[str] = []
-
-    def write(name: str, urgent: bool) -> None:
-        with turn.take(urgent):
-            order.append(name)
-
-    with turn.take(urgent=False):
-        request = threading.Thread(target=write, args=("request", False))
-        request.start()
-        wait_for(lambda: waiters(turn) == 1)
-        worker = threading.Thread(target=write, args=("worker", True))
-        worker.start()
-        wait_for(lambda: waiters(turn) == 2)
-    request.join(5)
-    worker.join(5)
-
-    assert order == ["worker", "request"]
-
-
-def test_the_write_turn_is_held_by_one_writer_at_a_time():
-    turn = WriteTurn()
-    holding: list[int] = []
-    most = 0
-
-    def write(urgent: bool) -> None:
-        nonlocal most
-        for _ in range(200):
-            with turn.take(urgent):
-                holding.append(1)
-                time.sleep(0)  # let the other threads run while this one holds the turn
-                most = max(most, len(holding))
-                holding.pop()
-
-    threads = [threading.Thread(target=write, args=(n % 2 == 0,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-
-    assert most == 1

@@ -28,13 +28,12 @@ class TaskQueue(queue.PriorityQueue[tuple[int, int]]):
         At start-up this loads a backlog of 100,000 tasks in a fraction of the
         time, and keeps the given tuples instead of building new ones.
         """
+        batch = list(entries)  # read them all first: nothing can fail under the mutex
         with self.mutex:  # what Queue.put holds; this queue has no size bound
-            before = len(self.queue)
-            self.queue.extend(entries)
+            self.queue.extend(batch)
             heapq.heapify(self.queue)
-            added = len(self.queue) - before
-            self.unfinished_tasks += added
-            self.not_empty.notify(added)
+            self.unfinished_tasks += len(batch)
+            self.not_empty.notify(len(batch))
 
 
 class Worker:

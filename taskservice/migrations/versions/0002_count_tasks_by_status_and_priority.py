@@ -81,6 +81,12 @@ def _enum(values: tuple[str, ...], name: str) -> sa.Enum:
 
 def upgrade() -> None:
     """Create task_counts, fill it from the tasks table and install the triggers."""
+    dialect = op.get_bind().dialect.name
+    if dialect == "postgresql":
+        # Another process may write tasks meanwhile (SQLite's migration holds
+        # the write lock already): a task written between the count and the
+        # triggers would never be counted.
+        op.execute("LOCK TABLE tasks IN SHARE ROW EXCLUSIVE MODE")
     counts = op.create_table(
         "task_counts",
         sa.Column("status", _enum(STATUSES, "task_count_status"), nullable=False),
@@ -101,7 +107,6 @@ def upgrade() -> None:
         )
         """
     )
-    dialect = op.get_bind().dialect.name
     for statement in POSTGRESQL_TRIGGERS if dialect == "postgresql" else SQLITE_TRIGGERS:
         op.execute(statement)
 
