@@ -48,7 +48,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         # another process's running pool.
         pool = open_task_pool(app.config, db) if start_pool else None
         db.upgrade_schema()
-        service = TaskService(db) if pool is None else TaskService(db, submit=pool.workers.submit)
+        service = TaskService(
+            db,
+            submit=None if pool is None else pool.workers.submit,
+            max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
+        )
         if pool is not None:
             start_task_pool(pool, service)
     except BaseException:

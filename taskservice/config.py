@@ -50,6 +50,9 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "TASKSERVICE_LOCK_TIMEOUT": _number(
             environ, "TASKSERVICE_LOCK_TIMEOUT", kind=float, default=5.0, low=0, high=3600
         ),
+        "TASKSERVICE_MAX_QUEUED": _number(
+            environ, "TASKSERVICE_MAX_QUEUED", kind=int, default=100_000, low=1, high=10**9
+        ),
         "TASKSERVICE_SQLITE_SYNCHRONOUS": _choice(
             environ, "TASKSERVICE_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS, default="FULL"
         ),

@@ -32,6 +32,21 @@ class TaskNotCancellable(TaskServiceError):
         self.status = status
 
 
+class QueueFull(TaskServiceError):
+    """The backlog has reached TASKSERVICE_MAX_QUEUED; no task was created."""
+
+    # Seconds a client should wait before trying again: with two slots and
+    # tasks of 0 to 10 s, a slot frees every few seconds.
+    RETRY_AFTER = 5
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The queue is full: {limit} tasks are waiting, the most this service accepts."
+            f" No task was created; try again in {self.RETRY_AFTER} s."
+        )
+        self.limit = limit
+
+
 class DatabaseInUse(TaskServiceError):
     """Another process already runs the task pool on this database."""
 

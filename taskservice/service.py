@@ -21,14 +21,23 @@ def _not_dispatched(rank: int, task_id: int) -> None:
 class TaskService:
     """Creates, reads and cancels tasks, and hands new ones to the pool."""
 
-    def __init__(self, db: Database, submit: Submit = _not_dispatched) -> None:
+    def __init__(
+        self, db: Database, submit: Submit | None = None, *, max_queued: int | None = None
+    ) -> None:
         self._db = db
-        self._submit = submit
+        self._submit = submit or _not_dispatched
+        self._max_queued = max_queued
 
     def create(self, *, name: str | None, duration: float, priority: TaskPriority) -> TaskRow:
         """Record a new task, then queue it; the row is committed first."""
         with self._db.writing() as session:
-            task = tasks.create_task(session, name=name, duration=duration, priority=priority)
+            task = tasks.create_task(
+                session,
+                name=name,
+                duration=duration,
+                priority=priority,
+                max_queued=self._max_queued,
+            )
         self._submit(task.priority.rank, task.id)
         logger.info(
             "task %s created (priority %s, duration %g s)", task.id, task.priority.value, duration

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
-from taskservice.errors import TaskNotCancellable, TaskNotFound
+from taskservice.errors import QueueFull, TaskNotCancellable, TaskNotFound
 from taskservice.models import (
     Task,
     TaskCount,
@@ -92,9 +92,19 @@ _QUEUED = (
 
 
 def create_task(
-    session: Session, *, name: str | None, duration: float, priority: TaskPriority
+    session: Session,
+    *,
+    name: str | None,
+    duration: float,
+    priority: TaskPriority,
+    max_queued: int | None = None,
 ) -> TaskRow:
-    """Insert a new queued task."""
+    """Insert a new queued task; QueueFull if `max_queued` tasks already wait."""
+    # In the insert's transaction, so a refused create leaves nothing behind.
+    # (SQLite's writers take turns, so the bound is exact there; on PostgreSQL
+    # creates running at the same moment may pass it by as many as they are.)
+    if max_queued is not None and count_tasks(session, status=TaskStatus.IN_QUEUE) >= max_queued:
+        raise QueueFull(max_queued)
     values = {
         "name": name,
         "duration": duration,

@@ -387,3 +387,36 @@ def test_the_openapi_document_keeps_its_order(client: FlaskClient):
     document = json.loads(client.get("/openapi.json").get_data(as_text=True))
 
     assert list(document["paths"]["/tasks/{task_id}"]) == ["get", "delete", "parameters"]
+
+
+class TestBackPressure:
+    @pytest.fixture
+    def full_app(self, make_app) -> Flask:
+        return make_app(start_pool=False, TASKSERVICE_MAX_QUEUED=2)
+
+    def test_a_full_queue_refuses_with_retry_after_and_creates_nothing(self, full_app: Flask):
+        client = full_app.test_client()
+        first, _second = create(client), create(client)
+
+        response = client.post("/tasks", json={"name": "one too many"})
+
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert response.json["message"] == (
+            "The queue is full: 2 tasks are waiting, the most this service accepts."
+            " No task was created; try again in 5 s."
+        )
+        assert stored_count(full_app) == 2
+        client.delete(f"/tasks/{first['id']}")
+        assert create(client, name="room again")["name"] == "room again"
+        assert stored_count(full_app) == 3  # one cancelled, two queued
+
+    def test_only_queued_tasks_count(self, make_app, gate):
+        app = make_app(TASKSERVICE_MAX_QUEUED=1)
+        client = app.test_client()
+        for _ in range(2):
+            create(client)
+            gate.wait_for_entries(1)  # it runs now: the queue is empty again
+
+        assert client.post("/tasks").status_code == 201
+        assert client.post("/tasks").status_code == 503

@@ -22,6 +22,7 @@ def test_defaults(tmp_path: Path):
         "TASKSERVICE_TIME_SCALE": 1.0,
         "TASKSERVICE_FAILURE_RATE": 0.0,
         "TASKSERVICE_LOCK_TIMEOUT": 5.0,
+        "TASKSERVICE_MAX_QUEUED": 100_000,
         "TASKSERVICE_SQLITE_SYNCHRONOUS": "FULL",
     }
 
@@ -53,6 +54,8 @@ def test_values_from_the_environment(tmp_path: Path):
         ("TASKSERVICE_FAILURE_RATE", "1.5", "TASKSERVICE_FAILURE_RATE must be between 0 and 1"),
         ("TASKSERVICE_FAILURE_RATE", "nan", "must be between"),
         ("TASKSERVICE_TIME_SCALE", "-1", "TASKSERVICE_TIME_SCALE must be between"),
+        ("TASKSERVICE_MAX_QUEUED", "0", "TASKSERVICE_MAX_QUEUED must be between 1 and 1000000000"),
+        ("TASKSERVICE_MAX_QUEUED", "lots", "TASKSERVICE_MAX_QUEUED must be a whole number"),
         ("TASKSERVICE_TIME_SCALE", "fast", "TASKSERVICE_TIME_SCALE must be a number"),
         (
             "TASKSERVICE_SQLITE_SYNCHRONOUS",

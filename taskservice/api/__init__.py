@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from taskservice.api import health, tasks
 from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
-from taskservice.errors import TaskNotCancellable, TaskNotFound, TaskServiceError
+from taskservice.errors import QueueFull, TaskNotCancellable, TaskNotFound, TaskServiceError
 
 SWAGGER_UI_ASSETS = "/docs/assets/"
 
@@ -62,13 +62,19 @@ _INVALID_INPUT = {
 ERROR_STATUS: dict[type[TaskServiceError], HTTPStatus] = {
     TaskNotFound: HTTPStatus.NOT_FOUND,
     TaskNotCancellable: HTTPStatus.CONFLICT,
+    QueueFull: HTTPStatus.SERVICE_UNAVAILABLE,
 }
 
 
-def handle_task_error(error: TaskServiceError) -> tuple[dict[str, Any], int]:
-    """Answer a TaskNotFound or TaskNotCancellable in flask-smorest's error shape."""
+def handle_task_error(
+    error: TaskServiceError,
+) -> tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]:
+    """Answer one of the service's own errors in flask-smorest's error shape."""
     status = ERROR_STATUS[type(error)]
-    return {"code": status.value, "status": status.phrase, "message": str(error)}, status.value
+    body = {"code": status.value, "status": status.phrase, "message": str(error)}
+    if isinstance(error, QueueFull):
+        return body, status.value, {"Retry-After": str(error.RETRY_AFTER)}
+    return body, status.value
 
 
 swagger_assets = FlaskBlueprint("swagger_assets", __name__)

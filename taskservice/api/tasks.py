@@ -72,6 +72,17 @@ class Tasks(MethodView):
     @blp.alt_response(400, response="DEFAULT_ERROR", description="The body is not valid JSON.")
     @blp.alt_response(413, response="DEFAULT_ERROR", description="The body is too large.")
     @blp.alt_response(415, response="DEFAULT_ERROR", description="The body is not JSON.")
+    @blp.alt_response(
+        503,
+        response="DEFAULT_ERROR",
+        description="The queue is full (TASKSERVICE_MAX_QUEUED); nothing was created.",
+        headers={
+            "Retry-After": {
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer"},
+            }
+        },
+    )
     def post(self, fields: dict[str, Any]) -> tuple[TaskRow, int, dict[str, str]]:
         """Create a task
 
