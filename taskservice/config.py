@@ -38,6 +38,7 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         )
     return {
         "DATABASE_URL": url,
+        "TASKSERVICE_API_TOKEN": _token(environ, "TASKSERVICE_API_TOKEN"),
         "TASKSERVICE_CONCURRENCY": _number(
             environ, "TASKSERVICE_CONCURRENCY", kind=int, default=2, low=1, high=64
         ),
@@ -57,6 +58,23 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
             environ, "TASKSERVICE_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS, default="FULL"
         ),
     }
+
+
+# Long enough not to be guessed; visible ASCII, so that any HTTP client can send it.
+MIN_TOKEN_LENGTH = 16
+
+
+def _token(environ: Mapping[str, str], name: str) -> str | None:
+    token = environ.get(name, "").strip()
+    if not token:
+        return None
+    # The value is never echoed: it is a secret.
+    if len(token) < MIN_TOKEN_LENGTH or not all("!" <= c <= "~" for c in token):
+        raise ConfigError(
+            f"{name} must be at least {MIN_TOKEN_LENGTH} visible ASCII characters without"
+            " spaces; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return token
 
 
 def _choice(environ: Mapping[str, str], name: str, choices: Sequence[str], *, default: str) -> str:

@@ -18,6 +18,7 @@ def test_defaults(tmp_path: Path):
 
     assert config == {
         "DATABASE_URL": f"sqlite:///{tmp_path / 'taskservice.sqlite3'}",
+        "TASKSERVICE_API_TOKEN": None,
         "TASKSERVICE_CONCURRENCY": 2,
         "TASKSERVICE_TIME_SCALE": 1.0,
         "TASKSERVICE_FAILURE_RATE": 0.0,
@@ -71,6 +72,15 @@ def test_values_from_the_environment(tmp_path: Path):
 def test_malformed_settings_are_refused(tmp_path: Path, name: str, value: str, message: str):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config({name: value}, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "token", ["short-secret", "a secret with spaces in it", "sécret-sécret-sécret"]
+)
+def test_a_weak_or_unsendable_token_is_refused_and_not_echoed(tmp_path: Path, token: str):
+    with pytest.raises(ConfigError, match="TASKSERVICE_API_TOKEN must be at least 16") as error:
+        load_config({"TASKSERVICE_API_TOKEN": token}, str(tmp_path))
+    assert token not in str(error.value)
 
 
 def test_a_malformed_url_is_not_echoed(tmp_path: Path):

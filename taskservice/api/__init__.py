@@ -11,7 +11,7 @@ from flask_smorest import Api as SmorestApi
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
-from taskservice.api import health, tasks
+from taskservice.api import auth, health, tasks
 from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
 from taskservice.errors import QueueFull, TaskNotCancellable, TaskNotFound, TaskServiceError
@@ -95,6 +95,11 @@ def init_app(app: Flask) -> Api:
     app.url_map.converters["task_id"] = TaskIdConverter
     app.json = OrjsonProvider(app)
     api = Api(app)
+    token = app.config.get("TASKSERVICE_API_TOKEN")
+    if token:
+        api.spec.components.security_scheme(auth.SCHEME_NAME, auth.SECURITY_SCHEME)
+        api.spec.options["security"] = [{auth.SCHEME_NAME: []}]  # /health opts out
+        app.before_request(auth.token_check(token, blueprint=tasks.blp.name))
     api.register_converter(TaskIdConverter, task_id_schema)
     api.register_blueprint(tasks.blp)
     api.register_blueprint(health.blp)

@@ -17,6 +17,7 @@ blp = Blueprint("health", __name__, description="Liveness of the database and th
 class Health(MethodView):
     """The service's health."""
 
+    @blp.doc(security=[])  # open even when the /tasks endpoints need a token
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="Database or a worker is down.")
     def get(self) -> tuple[dict[str, Any], int]:

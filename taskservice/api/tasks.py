@@ -41,6 +41,12 @@ class TaskBlueprint(Blueprint):
 blp = TaskBlueprint("tasks", __name__, url_prefix="/tasks", description="Create and follow tasks.")
 
 TASK_ID = "<task_id:task_id>"
+UNAUTHORIZED = blp.alt_response(
+    401,
+    response="DEFAULT_ERROR",
+    description="The service needs a token (TASKSERVICE_API_TOKEN); it is missing or wrong.",
+    headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
+)
 LOCATION_HEADER = {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}}
 
 
@@ -50,6 +56,7 @@ class Tasks(MethodView):
 
     @blp.arguments(TaskFilterSchema, location="query")
     @blp.response(200, TaskSchema(many=True))
+    @UNAUTHORIZED
     @blp.paginate()
     def get(
         self, filters: dict[str, Any], pagination_parameters: PaginationParameters
@@ -69,6 +76,7 @@ class Tasks(MethodView):
 
     @blp.arguments(TaskCreateSchema, required=False)
     @blp.response(201, TaskSchema, headers=LOCATION_HEADER)
+    @UNAUTHORIZED
     @blp.alt_response(400, response="DEFAULT_ERROR", description="The body is not valid JSON.")
     @blp.alt_response(413, response="DEFAULT_ERROR", description="The body is too large.")
     @blp.alt_response(415, response="DEFAULT_ERROR", description="The body is not JSON.")
@@ -98,12 +106,14 @@ class TaskView(MethodView):
     """One task."""
 
     @blp.response(200, TaskSchema)
+    @UNAUTHORIZED
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
     def get(self, task_id: int) -> TaskRow:
         """Read a task's status and timings"""
         return get_extension().service.get(task_id)
 
     @blp.response(200, TaskSchema)
+    @UNAUTHORIZED
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
     @blp.alt_response(409, response="DEFAULT_ERROR", description="The task is no longer queued.")
     def delete(self, task_id: int) -> TaskRow:
