@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from flask import Blueprint as FlaskBlueprint
-from flask import Flask, Response, send_from_directory
+from flask import Flask, Response, request, send_from_directory
 from flask_smorest import Api as SmorestApi
+from sqlalchemy.exc import OperationalError
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
@@ -15,6 +17,8 @@ from taskservice.api import auth, health, tasks
 from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
 from taskservice.errors import QueueFull, TaskNotCancellable, TaskNotFound, TaskServiceError
+
+logger = logging.getLogger(__name__)
 
 SWAGGER_UI_ASSETS = "/docs/assets/"
 
@@ -77,6 +81,26 @@ def handle_task_error(
     return body, status.value
 
 
+# Seconds a client should wait after the database failed to answer.
+DATABASE_RETRY_AFTER = 5
+
+
+def handle_database_error(error: OperationalError) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Answer 503 when the database cannot be reached or written (locked, full, read-only, down).
+
+    The client's request was fine, so this is not a 500; the details, which
+    may name hosts or files, go to the log, not to the client.
+    """
+    logger.error("database error during %s %s", request.method, request.path, exc_info=error)
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    message = (
+        f"The database is unavailable ({type(error.orig).__name__}); "
+        f"try again in {DATABASE_RETRY_AFTER} s."
+    )
+    body = {"code": status.value, "status": status.phrase, "message": message}
+    return body, status.value, {"Retry-After": str(DATABASE_RETRY_AFTER)}
+
+
 swagger_assets = FlaskBlueprint("swagger_assets", __name__)
 
 
@@ -106,4 +130,5 @@ def init_app(app: Flask) -> Api:
     app.register_blueprint(swagger_assets)
     for error in ERROR_STATUS:
         app.register_error_handler(error, handle_task_error)
+    app.register_error_handler(OperationalError, handle_database_error)
     return api

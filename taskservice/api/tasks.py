@@ -41,6 +41,18 @@ class TaskBlueprint(Blueprint):
 blp = TaskBlueprint("tasks", __name__, url_prefix="/tasks", description="Create and follow tasks.")
 
 TASK_ID = "<task_id:task_id>"
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+UNAVAILABLE = blp.alt_response(
+    503,
+    response="DEFAULT_ERROR",
+    description="The database is unavailable; try again after Retry-After seconds.",
+    headers=RETRY_AFTER_HEADER,
+)
 UNAUTHORIZED = blp.alt_response(
     401,
     response="DEFAULT_ERROR",
@@ -57,6 +69,7 @@ class Tasks(MethodView):
     @blp.arguments(TaskFilterSchema, location="query")
     @blp.response(200, TaskSchema(many=True))
     @UNAUTHORIZED
+    @UNAVAILABLE
     @blp.paginate()
     def get(
         self, filters: dict[str, Any], pagination_parameters: PaginationParameters
@@ -83,13 +96,11 @@ class Tasks(MethodView):
     @blp.alt_response(
         503,
         response="DEFAULT_ERROR",
-        description="The queue is full (TASKSERVICE_MAX_QUEUED); nothing was created.",
-        headers={
-            "Retry-After": {
-                "description": "Seconds to wait before trying again.",
-                "schema": {"type": "integer"},
-            }
-        },
+        description=(
+            "The queue is full (TASKSERVICE_MAX_QUEUED; nothing was created) or the database"
+            " is unavailable; try again after Retry-After seconds."
+        ),
+        headers=RETRY_AFTER_HEADER,
     )
     def post(self, fields: dict[str, Any]) -> tuple[TaskRow, int, dict[str, str]]:
         """Create a task
@@ -107,6 +118,7 @@ class TaskView(MethodView):
 
     @blp.response(200, TaskSchema)
     @UNAUTHORIZED
+    @UNAVAILABLE
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
     def get(self, task_id: int) -> TaskRow:
         """Read a task's status and timings"""
@@ -114,6 +126,7 @@ class TaskView(MethodView):
 
     @blp.response(200, TaskSchema)
     @UNAUTHORIZED
+    @UNAVAILABLE
     @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
     @blp.alt_response(409, response="DEFAULT_ERROR", description="The task is no longer queued.")
     def delete(self, task_id: int) -> TaskRow:

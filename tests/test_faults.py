@@ -1,0 +1,73 @@
+"""Database faults seen by clients: a clear 503, nothing half-done, service back once it is."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from flask import Flask
+from sqlalchemy import event
+
+from taskservice.extension import EXTENSION_KEY
+
+
+@contextmanager
+def read_only_database(app: Flask) -> Iterator[None]:
+    """Every new connection refuses writes (SQLite's query_only), as a read-only file would."""
+    engine = app.extensions[EXTENSION_KEY].db.engine
+
+    def refuse_writes(dbapi_connection, _record) -> None:
+        dbapi_connection.execute("PRAGMA query_only = ON")
+
+    event.listen(engine, "connect", refuse_writes)
+    engine.dispose()
+    try:
+        yield
+    finally:
+        event.remove(engine, "connect", refuse_writes)
+        engine.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    """query_only is SQLite's; PostgreSQL's outages are the same error class to the API."""
+    return f"sqlite:///{tmp_path / 'tasks.sqlite3'}"
+
+
+def test_a_write_the_database_refuses_answers_503(app: Flask, caplog: pytest.LogCaptureFixture):
+    client = app.test_client()
+
+    with read_only_database(app), caplog.at_level(logging.ERROR):
+        response = client.post("/tasks", json={"name": "not now"})
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert (
+        response.json["message"]
+        == "The database is unavailable (OperationalError); try again in 5 s."
+    )
+    assert "readonly database" in caplog.text  # the details are for the operator
+    assert client.get("/tasks").json == []  # nothing half-created
+
+
+def test_the_service_writes_again_once_the_database_does(app: Flask):
+    client = app.test_client()
+    with read_only_database(app):
+        assert client.post("/tasks").status_code == 503
+
+    response = client.post("/tasks", json={"name": "now"})
+
+    assert response.status_code == 201
+    assert [task["name"] for task in client.get("/tasks").json] == ["now"]
+
+
+def test_reads_still_answer_while_writes_fail(app: Flask):
+    client = app.test_client()
+    task_id = client.post("/tasks").json["id"]
+
+    with read_only_database(app):
+        assert client.get(f"/tasks/{task_id}").status_code == 200
+        assert client.delete(f"/tasks/{task_id}").status_code == 503
+    assert client.get(f"/tasks/{task_id}").json["status"] == "In Queue"
