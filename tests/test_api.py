@@ -420,3 +420,26 @@ class TestBackPressure:
 
         assert client.post("/tasks").status_code == 201
         assert client.post("/tasks").status_code == 503
+
+
+def test_a_body_of_only_whitespace_is_malformed_json(client: FlaskClient):
+    response = client.post("/tasks", data=" \t\n", headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 400
+    assert stored_count_of(client) == 0
+
+
+@pytest.mark.parametrize(
+    "query", ["page=1&page=2", "status=Run&status=Completed", "page_size=5&page_size=5"]
+)
+def test_a_repeated_query_parameter_is_refused(client: FlaskClient, query: str):
+    response = client.get(f"/tasks?{query}")
+
+    name = query.split("=", maxsplit=1)[0]
+    assert response.status_code == 422
+    assert response.json["message"] == f"The query parameter {name!r} is given more than once."
+    assert response.json["errors"] == {"query": {name: ["Given more than once."]}}
+
+
+def stored_count_of(client: FlaskClient) -> int:
+    return int(json.loads(client.get("/tasks").headers["X-Pagination"])["total"])

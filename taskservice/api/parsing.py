@@ -84,7 +84,7 @@ class JSONBodyParser(SchemaParser):
 
     def _raw_load_json(self, req: Request) -> Any:
         data = read_body(req)
-        if not data.strip():
+        if not data:
             return core.missing
         if not is_json_request(req):
             abort(415, message="The body must be JSON, sent with 'Content-Type: application/json'.")

@@ -44,7 +44,12 @@ class TaskCreateSchema(Schema):
         allow_none=True,
         load_default=None,
         validate=[validate.Length(min=1, max=NAME_MAX_LENGTH), printable_text],
-        metadata={"description": "A human-readable name.", "example": "nightly report"},
+        metadata={
+            "description": "A human-readable name, without control characters.",
+            "example": "nightly report",
+            # What printable_text refuses, for the OpenAPI document and its clients.
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        },
     )
     duration = StrictFloat(
         allow_nan=False,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flask import url_for
+from flask import request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, abort
 from flask_smorest.pagination import PaginationParameters
 
 from taskservice.api.parsing import JSONBodyParser, SchemaParser
@@ -21,6 +21,24 @@ class TaskBlueprint(Blueprint):
 
     ARGUMENTS_PARSER = JSONBodyParser()
     PAGINATION_ARGUMENTS_PARSER = SchemaParser()
+
+    def _document_pagination_metadata(self, spec: Any, resp_doc: dict[str, Any]) -> None:
+        """Document X-Pagination as what it is: a header whose value is a JSON object."""
+        # flask-smorest gives the header an object schema, which says the header's
+        # text itself is an object; OpenAPI describes a JSON value with content.
+        fields = ["total", "total_pages", "first_page", "last_page", "page"]
+        fields += ["previous_page", "next_page"]
+        resp_doc.setdefault("headers", {})[self.PAGINATION_HEADER_NAME] = {
+            "description": "Pagination metadata, a JSON object.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {name: {"type": "integer"} for name in fields},
+                    }
+                }
+            },
+        }
 
     @staticmethod
     def _make_pagination_metadata(page: int, page_size: int, item_count: int) -> dict[str, int]:
@@ -60,6 +78,18 @@ UNAUTHORIZED = blp.alt_response(
     headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
 )
 LOCATION_HEADER = {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}}
+
+
+@blp.before_request
+def refuse_repeated_query_parameters() -> None:
+    """422 for `?page=1&page=2`: which one the client meant is a guess."""
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            abort(
+                422,
+                message=f"The query parameter {name!r} is given more than once.",
+                errors={"query": {name: ["Given more than once."]}},
+            )
 
 
 @blp.route("")
