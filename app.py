@@ -30,6 +30,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     """
     app = Flask(__name__, instance_relative_config=True)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Flask reads FLASK_DEBUG from the environment; a stray one must not make a
+    # production server propagate exceptions (and tracebacks) out of the app.
+    app.config["DEBUG"] = False
     app.config.from_mapping(load_config(os.environ, app.instance_path))
     if test_config is not None:
         app.config.from_mapping(test_config)

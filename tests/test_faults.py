@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import event
 
 from taskservice.extension import EXTENSION_KEY
+from tests.helpers import wait_for
 
 
 @contextmanager
@@ -71,3 +72,24 @@ def test_reads_still_answer_while_writes_fail(app: Flask):
         assert client.get(f"/tasks/{task_id}").status_code == 200
         assert client.delete(f"/tasks/{task_id}").status_code == 503
     assert client.get(f"/tasks/{task_id}").json["status"] == "In Queue"
+
+
+def test_workers_ride_out_a_database_that_refuses_writes(
+    make_app, gate, caplog: pytest.LogCaptureFixture
+):
+    app = make_app()
+    client = app.test_client()
+    blocker = client.post("/tasks").json["id"]  # holds a worker in the gate
+    gate.wait_for_entries(1)
+    waiting = [client.post("/tasks").json["id"] for _ in range(3)]
+
+    with read_only_database(app), caplog.at_level(logging.ERROR):
+        gate.open.set()  # the workers now finish and claim against a refusing database
+        wait_for(lambda: "database error, retrying" in caplog.text, timeout=10)
+        assert client.get(f"/tasks/{blocker}").json["status"] == "Run"
+
+    def all_completed() -> bool:
+        tasks = [client.get(f"/tasks/{task_id}").json for task_id in [blocker, *waiting]]
+        return all(task["status"] == "Completed" for task in tasks)
+
+    wait_for(all_completed, timeout=30)
