@@ -32,17 +32,18 @@ class TaskNotCancellable(TaskServiceError):
         self.status = status
 
 
+# Seconds a client should wait after a 503 (a full queue, a busy database):
+# with two slots and tasks of 0 to 10 s, a slot frees every few seconds.
+RETRY_AFTER_SECONDS = 5
+
+
 class QueueFull(TaskServiceError):
     """The backlog has reached TASKSERVICE_MAX_QUEUED; no task was created."""
-
-    # Seconds a client should wait before trying again: with two slots and
-    # tasks of 0 to 10 s, a slot frees every few seconds.
-    RETRY_AFTER = 5
 
     def __init__(self, limit: int) -> None:
         super().__init__(
             f"The queue is full: {limit} tasks are waiting, the most this service accepts."
-            f" No task was created; try again in {self.RETRY_AFTER} s."
+            f" No task was created; try again in {RETRY_AFTER_SECONDS} s."
         )
         self.limit = limit
 

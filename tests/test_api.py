@@ -383,6 +383,14 @@ def test_an_answer_orjson_cannot_encode_is_still_json(client: FlaskClient):
     assert response.json["errors"]["json"] == {"\ud800": ["Unknown field."]}
 
 
+def test_error_answers_are_documented_with_their_headers(client: FlaskClient):
+    responses = client.get("/openapi.json").json["paths"]["/tasks"]["post"]["responses"]
+
+    assert "Retry-After" in responses["503"]["headers"]
+    assert "WWW-Authenticate" in responses["401"]["headers"]
+    assert responses["413"]["description"] == "The body is too large."
+
+
 def test_the_openapi_document_keeps_its_order(client: FlaskClient):
     document = json.loads(client.get("/openapi.json").get_data(as_text=True))
 

@@ -45,12 +45,21 @@ def test_a_write_the_database_refuses_answers_503(app: Flask, caplog: pytest.Log
 
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
-    assert (
-        response.json["message"]
-        == "The database is unavailable (OperationalError); try again in 5 s."
-    )
+    assert response.json["message"] == "The database is unavailable; try again in 5 s."
     assert "readonly database" in caplog.text  # the details are for the operator
     assert client.get("/tasks").json == []  # nothing half-created
+
+
+def test_a_database_error_no_retry_can_cure_is_a_500(make_app):
+    """A missing table is a bug: it must not hide behind 'try again'."""
+    app = make_app(start_pool=False, TESTING=False)
+    with app.extensions[EXTENSION_KEY].db.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE tasks RENAME TO tasks_elsewhere")
+
+    response = app.test_client().get("/tasks/1")
+
+    assert response.status_code == 500
+    assert "Retry-After" not in response.headers
 
 
 def test_the_service_writes_again_once_the_database_does(app: Flask):

@@ -26,7 +26,9 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
         database_url,
         tmp_path / "gunicorn.log",
         TASKSERVICE_MAX_QUEUED=str(MAX_QUEUED),
-        TASKSERVICE_TIME_SCALE="0.001",
+        # Tasks of duration 1 take 10 ms: two slots drain at most 200 a second,
+        # fewer than the flood creates, so the queue surely fills.
+        TASKSERVICE_TIME_SCALE="0.01",
     ).start()
     try:
         server.wait_healthy()
@@ -38,7 +40,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
 def flood(port: int, until: float, answers: Counter[str], created: list[int]) -> None:
     """POST tasks on one keep-alive connection until `until`; tally the answers."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    body = json.dumps({"duration": 0})
+    body = json.dumps({"duration": 1})
     try:
         while time.monotonic() < until:
             connection.request("POST", "/tasks", body, {"Content-Type": "application/json"})
@@ -67,18 +69,20 @@ def stored_total(server: Server) -> int:
 
 
 def test_a_flood_of_creates_gets_201_or_back_pressure(server: Server):
-    answers: Counter[str] = Counter()
-    created: list[int] = []
+    tallies: list[Counter[str]] = [Counter() for _ in range(CLIENTS)]  # one per thread
+    created: list[int] = []  # list.append is atomic
     until = time.monotonic() + FLOOD_SECONDS
     clients = [
-        threading.Thread(target=flood, args=(server.port, until, answers, created))
-        for _ in range(CLIENTS)
+        threading.Thread(target=flood, args=(server.port, until, tally, created))
+        for tally in tallies
     ]
     for client in clients:
         client.start()
+    deadline = until + 60
     for client in clients:
-        client.join(FLOOD_SECONDS + 60)
+        client.join(max(0.0, deadline - time.monotonic()))
     assert not any(client.is_alive() for client in clients)
+    answers = sum(tallies, Counter())
 
     assert set(answers) <= {"201", "503 The queue is full"}, answers
     assert answers["201"] > MAX_QUEUED  # the workers drained while the flood ran

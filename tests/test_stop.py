@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import socket
 import time
+from contextlib import closing
 from pathlib import Path
 
 from tests.helpers import wait_for
@@ -16,7 +18,7 @@ GRACEFUL_TIMEOUT = 10  # gunicorn.conf.py
 
 
 def begin_post(port: int, body: bytes) -> socket.socket:
-    """Send a POST's headers only and wait until the app asks for the body (100 Continue)."""
+    """Send a POST's headers only; gunicorn's answer "100 Continue" shows a thread has it."""
     connection = socket.create_connection(("127.0.0.1", port), timeout=30)
     connection.sendall(
         b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -24,6 +26,16 @@ def begin_post(port: int, body: bytes) -> socket.socket:
     )
     assert connection.recv(1024).startswith(b"HTTP/1.1 100 Continue")
     return connection
+
+
+def accepts_new_requests(port: int) -> bool:
+    try:
+        with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)) as connection:
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            return True
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def finish_post(connection: socket.socket, body: bytes) -> tuple[int, dict]:
@@ -53,6 +65,8 @@ def test_sigterm_finishes_requests_in_flight_and_running_tasks_rerun(tmp_path: P
         assert server.process is not None
         stopping = time.monotonic()
         os.kill(server.process.pid, signal.SIGTERM)  # to the master, as a supervisor does
+        # The worker is stopping once it takes no new request: only then send the body.
+        wait_for(lambda: not accepts_new_requests(server.port), timeout=GRACEFUL_TIMEOUT)
         status, task = finish_post(in_flight, body)
         exit_code = server.process.wait(GRACEFUL_TIMEOUT + 5)
         stopped_in = time.monotonic() - stopping

@@ -16,7 +16,13 @@ from werkzeug.exceptions import HTTPException
 from taskservice.api import auth, health, tasks
 from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
-from taskservice.errors import QueueFull, TaskNotCancellable, TaskNotFound, TaskServiceError
+from taskservice.errors import (
+    RETRY_AFTER_SECONDS,
+    QueueFull,
+    TaskNotCancellable,
+    TaskNotFound,
+    TaskServiceError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,28 +83,42 @@ def handle_task_error(
     status = ERROR_STATUS[type(error)]
     body = {"code": status.value, "status": status.phrase, "message": str(error)}
     if isinstance(error, QueueFull):
-        return body, status.value, {"Retry-After": str(error.RETRY_AFTER)}
+        return body, status.value, {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return body, status.value
 
 
-# Seconds a client should wait after the database failed to answer.
-DATABASE_RETRY_AFTER = 5
+def handle_database_error(error: OperationalError) -> Any:
+    """Answer 503 when the database is busy, full, read-only or unreachable; else a 500.
 
-
-def handle_database_error(error: OperationalError) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Answer 503 when the database cannot be reached or written (locked, full, read-only, down).
-
-    The client's request was fine, so this is not a 500; the details, which
-    may name hosts or files, go to the log, not to the client.
+    The client's request was fine, so a passing fault is not a 500; but an
+    error that no retry can cure (a missing table, bad SQL) is a bug and must
+    look like one. The details, which may name hosts or files, go to the log.
     """
+    if not is_transient(error):
+        raise error
     logger.error("database error during %s %s", request.method, request.path, exc_info=error)
     status = HTTPStatus.SERVICE_UNAVAILABLE
-    message = (
-        f"The database is unavailable ({type(error.orig).__name__}); "
-        f"try again in {DATABASE_RETRY_AFTER} s."
-    )
+    message = f"The database is unavailable; try again in {RETRY_AFTER_SECONDS} s."
     body = {"code": status.value, "status": status.phrase, "message": message}
-    return body, status.value, {"Retry-After": str(DATABASE_RETRY_AFTER)}
+    return body, status.value, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+# SQLite's primary result codes of a passing fault: busy, locked, read-only,
+# I/O error, full, cannot open.
+_TRANSIENT_SQLITE_CODES = {5, 6, 8, 10, 13, 14}
+# PostgreSQL's SQLSTATEs of one: connection failures, insufficient resources,
+# the server shutting down or starting, a lock not available, a cancelled query.
+_TRANSIENT_SQLSTATES = ("08", "53", "57P", "55P03", "57014")
+
+
+def is_transient(error: OperationalError) -> bool:
+    """Whether the database error is a fault that passes, not a bug in the service."""
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _TRANSIENT_SQLITE_CODES
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    # No SQLSTATE: the server never answered (refused, unreachable, cut off).
+    return sqlstate is None or sqlstate.startswith(_TRANSIENT_SQLSTATES)
 
 
 swagger_assets = FlaskBlueprint("swagger_assets", __name__)

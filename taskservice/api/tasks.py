@@ -8,6 +8,7 @@ from typing import Any
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
 from flask_smorest.pagination import PaginationParameters
 
 from taskservice.api.parsing import JSONBodyParser, SchemaParser
@@ -67,23 +68,29 @@ RETRY_AFTER_HEADER = {
 }
 UNAVAILABLE = blp.alt_response(
     503,
-    response="DEFAULT_ERROR",
+    schema=ErrorSchema,
     description="The database is unavailable; try again after Retry-After seconds.",
     headers=RETRY_AFTER_HEADER,
 )
 UNAUTHORIZED = blp.alt_response(
     401,
-    response="DEFAULT_ERROR",
+    schema=ErrorSchema,
     description="The service needs a token (TASKSERVICE_API_TOKEN); it is missing or wrong.",
     headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
 )
 LOCATION_HEADER = {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}}
 
 
+LIST_PARAMETERS = {"status", "priority", "page", "page_size"}
+
+
 @blp.before_request
 def refuse_repeated_query_parameters() -> None:
-    """422 for `?page=1&page=2`: which one the client meant is a guess."""
-    for name in request.args:
+    """422 for `?page=1&page=2`: which one the client meant is a guess.
+
+    Only the list's own parameters count; unknown ones are ignored, repeated or not.
+    """
+    for name in LIST_PARAMETERS & set(request.args):
         if len(request.args.getlist(name)) > 1:
             abort(
                 422,
@@ -120,12 +127,12 @@ class Tasks(MethodView):
     @blp.arguments(TaskCreateSchema, required=False)
     @blp.response(201, TaskSchema, headers=LOCATION_HEADER)
     @UNAUTHORIZED
-    @blp.alt_response(400, response="DEFAULT_ERROR", description="The body is not valid JSON.")
-    @blp.alt_response(413, response="DEFAULT_ERROR", description="The body is too large.")
-    @blp.alt_response(415, response="DEFAULT_ERROR", description="The body is not JSON.")
+    @blp.alt_response(400, schema=ErrorSchema, description="The body is not valid JSON.")
+    @blp.alt_response(413, schema=ErrorSchema, description="The body is too large.")
+    @blp.alt_response(415, schema=ErrorSchema, description="The body is not JSON.")
     @blp.alt_response(
         503,
-        response="DEFAULT_ERROR",
+        schema=ErrorSchema,
         description=(
             "The queue is full (TASKSERVICE_MAX_QUEUED; nothing was created) or the database"
             " is unavailable; try again after Retry-After seconds."
@@ -149,7 +156,7 @@ class TaskView(MethodView):
     @blp.response(200, TaskSchema)
     @UNAUTHORIZED
     @UNAVAILABLE
-    @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such task.")
     def get(self, task_id: int) -> TaskRow:
         """Read a task's status and timings"""
         return get_extension().service.get(task_id)
@@ -157,8 +164,8 @@ class TaskView(MethodView):
     @blp.response(200, TaskSchema)
     @UNAUTHORIZED
     @UNAVAILABLE
-    @blp.alt_response(404, response="DEFAULT_ERROR", description="No such task.")
-    @blp.alt_response(409, response="DEFAULT_ERROR", description="The task is no longer queued.")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such task.")
+    @blp.alt_response(409, schema=ErrorSchema, description="The task is no longer queued.")
     def delete(self, task_id: int) -> TaskRow:
         """Cancel a queued task
 
