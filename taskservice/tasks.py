@@ -52,6 +52,9 @@ def _moving_to(target: TaskStatus) -> Any:
 
 
 _INSERT = insert(TASKS).returning(*TASKS.c)
+_QUEUED_COUNTS = (
+    select(COUNTS.c.count).where(COUNTS.c.status == TaskStatus.IN_QUEUE).with_for_update()
+)
 _SELECT = select(*TASKS.c).where(TASKS.c.id == bindparam("task_id"))
 _CANCEL = (
     update(TASKS)
@@ -100,10 +103,10 @@ def create_task(
     max_queued: int | None = None,
 ) -> TaskRow:
     """Insert a new queued task; QueueFull if `max_queued` tasks already wait."""
-    # In the insert's transaction, so a refused create leaves nothing behind.
-    # (SQLite's writers take turns, so the bound is exact there; on PostgreSQL
-    # creates running at the same moment may pass it by as many as they are.)
-    if max_queued is not None and count_tasks(session, status=TaskStatus.IN_QUEUE) >= max_queued:
+    # In the insert's transaction, so a refused create leaves nothing behind,
+    # with the queued counts locked until it commits, so that creates at the
+    # same moment (on PostgreSQL; SQLite's writers take turns) cannot all pass.
+    if max_queued is not None and sum(session.execute(_QUEUED_COUNTS).scalars()) >= max_queued:
         raise QueueFull(max_queued)
     values = {
         "name": name,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
@@ -12,8 +14,9 @@ from flask_smorest import Blueprint
 
 from taskservice import tasks
 from taskservice.api.tasks import TaskBlueprint
-from taskservice.extension import get_extension
-from taskservice.models import TaskStatus
+from taskservice.errors import QueueFull
+from taskservice.extension import EXTENSION_KEY, get_extension
+from taskservice.models import TaskPriority, TaskStatus
 
 TASK_FIELDS = {
     "id",
@@ -418,6 +421,25 @@ class TestBackPressure:
         client.delete(f"/tasks/{first['id']}")
         assert create(client, name="room again")["name"] == "room again"
         assert stored_count(full_app) == 3  # one cancelled, two queued
+
+    def test_creates_at_the_same_moment_cannot_pass_the_bound(self, make_app):
+        app = make_app(start_pool=False, TASKSERVICE_MAX_QUEUED=5)
+        service = app.extensions[EXTENSION_KEY].service
+        start = threading.Barrier(16, timeout=10)
+
+        def create_one(_: int) -> bool:
+            start.wait()
+            try:
+                service.create(name=None, duration=1, priority=TaskPriority.MEDIUM)
+            except QueueFull:
+                return False
+            return True
+
+        with ThreadPoolExecutor(16) as pool:
+            created = list(pool.map(create_one, range(16)))
+
+        assert created.count(True) == 5
+        assert stored_count(app) == 5
 
     def test_only_queued_tasks_count(self, make_app, gate):
         app = make_app(TASKSERVICE_MAX_QUEUED=1)

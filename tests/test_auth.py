@@ -34,7 +34,7 @@ def test_every_task_endpoint_needs_the_token(client: FlaskClient, method: str, p
 
 @pytest.mark.parametrize(
     "authorization",
-    [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer ", f"Basic {TOKEN}", TOKEN, "Bearer é"],
+    [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer ", "Bearer é", f"bearer {TOKEN}-"],
 )
 def test_a_wrong_token_is_refused(client: FlaskClient, authorization: str):
     response = client.post("/tasks", headers={"Authorization": authorization})
@@ -44,6 +44,16 @@ def test_a_wrong_token_is_refused(client: FlaskClient, authorization: str):
         'Bearer realm="taskservice", error="invalid_token"'
     )
     assert response.json["message"] == "The token is wrong."
+
+
+@pytest.mark.parametrize("authorization", [f"Basic {TOKEN}", TOKEN, ""])
+def test_credentials_of_another_scheme_get_the_plain_challenge(
+    client: FlaskClient, authorization: str
+):
+    response = client.post("/tasks", headers={"Authorization": authorization})
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="taskservice"'
 
 
 def test_the_right_token_opens_every_endpoint(client: FlaskClient):

@@ -29,7 +29,7 @@ def token_check(token: str, blueprint: str) -> Callable[[], None]:
         # the answer's timing tells nothing about the token.
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
             return
-        if not scheme:
+        if scheme.lower() != "bearer":  # no bearer credentials: no error code (RFC 6750)
             abort(
                 401,
                 message="This endpoint needs 'Authorization: Bearer <token>'.",
