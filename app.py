@@ -12,6 +12,7 @@ from taskservice import api
 from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
 from taskservice.extension import EXTENSION_KEY, Pool, TaskServiceExtension
+from taskservice.metrics import Metrics
 from taskservice.models import TaskStatus
 from taskservice.pool import LockWatchdog, WorkerPool, pool_lock_for, wait_out_lost_holder
 from taskservice.runner import TaskRunner, sleep_body
@@ -40,7 +41,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     if database_file is not None:
         os.makedirs(os.path.dirname(os.path.abspath(database_file)), exist_ok=True)
 
-    api.init_app(app)
+    metrics = Metrics()
+    api.init_app(app, metrics)
     db = Database(
         app.config["DATABASE_URL"],
         sqlite_synchronous=app.config["TASKSERVICE_SQLITE_SYNCHRONOUS"],
@@ -49,13 +51,15 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     try:
         # The pool lock first: a migration must not change the schema under
         # another process's running pool.
-        pool = open_task_pool(app.config, db) if start_pool else None
+        pool = open_task_pool(app.config, db, metrics) if start_pool else None
         db.upgrade_schema()
         service = TaskService(
             db,
             submit=None if pool is None else pool.workers.submit,
             max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
+            metrics=metrics,
         )
+        metrics.watch_database(service.count_by_status)
         if pool is not None:
             start_task_pool(pool, service)
     except BaseException:
@@ -70,13 +74,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     return app
 
 
-def open_task_pool(config: Config, db: Database) -> Pool:
+def open_task_pool(config: Config, db: Database, metrics: Metrics | None = None) -> Pool:
     """Take the database's pool lock and build the workers, not started yet."""
     lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
     lock.acquire()
     watchdog = LockWatchdog(lock)  # started by the server process (gunicorn.conf.py)
     body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
-    runner = TaskRunner(db, body, may_claim=lambda: not watchdog.lost.is_set())
+    runner = TaskRunner(db, body, may_claim=lambda: not watchdog.lost.is_set(), metrics=metrics)
     workers = WorkerPool(runner, concurrency=config["TASKSERVICE_CONCURRENCY"])
     return Pool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
 

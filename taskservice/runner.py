@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from taskservice import tasks
 from taskservice.db import Database
 from taskservice.errors import TaskFailed
+from taskservice.metrics import Metrics
 from taskservice.models import TaskRow, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ class TaskRunner:
         *,
         may_claim: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,  # never the wall clock: it can jump
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics
         self._body = body
         self._may_claim = may_claim
         self._clock = clock
@@ -118,6 +121,8 @@ class TaskRunner:
             task.attempts,
             waited.total_seconds(),
         )
+        if self._metrics is not None:
+            self._metrics.task_started(waited.total_seconds())
         started = self._clock()
         error = None
         try:
@@ -129,6 +134,8 @@ class TaskRunner:
         finished = self._retry(
             worker, task.id, lambda retry: self._finish(task, status, exec_time, error, retry)
         )
+        if finished and self._metrics is not None:
+            self._metrics.task_finished(status, task.priority, exec_time)
         if not finished:
             logger.warning("%s: task %s was no longer running; result dropped", worker, task.id)
         elif error is None:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from taskservice import tasks
 from taskservice.db import Database
+from taskservice.metrics import Metrics
 from taskservice.models import TaskPriority, TaskRow, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -22,11 +23,17 @@ class TaskService:
     """Creates, reads and cancels tasks, and hands new ones to the pool."""
 
     def __init__(
-        self, db: Database, submit: Submit | None = None, *, max_queued: int | None = None
+        self,
+        db: Database,
+        submit: Submit | None = None,
+        *,
+        max_queued: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._submit = submit or _not_dispatched
         self._max_queued = max_queued
+        self._metrics = metrics
 
     def create(self, *, name: str | None, duration: float, priority: TaskPriority) -> TaskRow:
         """Record a new task, then queue it; the row is committed first."""
@@ -39,6 +46,8 @@ class TaskService:
                 max_queued=self._max_queued,
             )
         self._submit(task.priority.rank, task.id)
+        if self._metrics is not None:
+            self._metrics.task_created(task.priority)
         logger.info(
             "task %s created (priority %s, duration %g s)", task.id, task.priority.value, duration
         )
@@ -62,6 +71,11 @@ class TaskService:
             return tasks.list_tasks(
                 session, status=status, priority=priority, offset=offset, limit=limit
             )
+
+    def count_by_status(self) -> dict[TaskStatus, int]:
+        """How many tasks there are of each status."""
+        with self._db.reading() as session:
+            return tasks.count_by_status(session)
 
     def count(self, *, status: TaskStatus) -> int:
         """How many tasks have `status`."""

@@ -52,6 +52,7 @@ def _moving_to(target: TaskStatus) -> Any:
 
 
 _INSERT = insert(TASKS).returning(*TASKS.c)
+_COUNT_BY_STATUS = select(COUNTS.c.status, func.sum(COUNTS.c.count)).group_by(COUNTS.c.status)
 _QUEUED_COUNTS = (
     select(COUNTS.c.count).where(COUNTS.c.status == TaskStatus.IN_QUEUE).with_for_update()
 )
@@ -143,6 +144,11 @@ def list_tasks(
         return [], total
     page = session.execute(_page_statement(by_status, by_priority), filters).all()
     return page, total
+
+
+def count_by_status(session: Session) -> dict[TaskStatus, int]:
+    """How many tasks there are of each status (from the counts the triggers keep)."""
+    return {status: int(count) for status, count in session.execute(_COUNT_BY_STATUS)}
 
 
 def count_tasks(session: Session, *, status: TaskStatus) -> int:

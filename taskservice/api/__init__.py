@@ -14,6 +14,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
 from taskservice.api import auth, health, tasks
+from taskservice.api import metrics as metrics_api
 from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
 from taskservice.errors import (
@@ -23,6 +24,7 @@ from taskservice.errors import (
     TaskNotFound,
     TaskServiceError,
 )
+from taskservice.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +132,8 @@ def swagger_asset(filename: str) -> Response:
     return send_from_directory(swagger_ui_path, filename, max_age=86_400)
 
 
-def init_app(app: Flask) -> Api:
-    """Register the API's blueprints, error handlers and docs on `app`."""
+def init_app(app: Flask, metrics: Metrics) -> Api:
+    """Register the API's blueprints, error handlers, docs and /metrics on `app`."""
     for key, value in API_SETTINGS.items():
         app.config.setdefault(key, value)
     # "/tasks//1" is not found, rather than redirected to a URL built from Host.
@@ -148,6 +150,7 @@ def init_app(app: Flask) -> Api:
     api.register_blueprint(tasks.blp)
     api.register_blueprint(health.blp)
     app.register_blueprint(swagger_assets)
+    metrics_api.init_app(app, metrics)
     for error in ERROR_STATUS:
         app.register_error_handler(error, handle_task_error)
     app.register_error_handler(OperationalError, handle_database_error)
