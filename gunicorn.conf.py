@@ -3,6 +3,7 @@
 import os
 
 from taskservice.extension import EXTENSION_KEY
+from taskservice.logs import LOG_FORMATS, logging_config
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -47,23 +48,13 @@ control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 if loglevel not in LOG_LEVELS:
     _refuse(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {loglevel!r}")
-accesslog = "-"
+log_format = os.environ.get("LOG_FORMAT", "text").lower()
+if log_format not in LOG_FORMATS:
+    _refuse(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+# The app logs each request itself, with its request id (taskservice/api/requests.py).
+accesslog = None
 errorlog = "-"
-# gunicorn's own logging set-up, plus the service's logger on the same stderr.
-logconfig_dict = {
-    "loggers": {
-        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"]},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"]},
-        "taskservice": {
-            "level": loglevel.upper(),
-            "handlers": ["error_console"],
-            "propagate": False,
-        },
-        # Alembic: which migrations ran, not which plugins it loaded.
-        "alembic": {"level": "WARNING"},
-        "alembic.runtime.migration": {"level": "INFO"},
-    },
-}
+logconfig_dict = logging_config(loglevel, log_format)
 
 
 def on_starting(server):

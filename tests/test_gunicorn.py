@@ -177,6 +177,7 @@ def test_a_worker_that_loses_the_pool_lock_is_replaced(
     [
         ("LOG_LEVEL", "verbose", "LOG_LEVEL must be one of debug, info, warning"),
         ("GUNICORN_THREADS", "four", "GUNICORN_THREADS must be a whole number"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json, got 'xml'"),
         ("TASKSERVICE_CONCURRENCY", "0", "TASKSERVICE_CONCURRENCY must be between 1 and 64"),
     ],
 )

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
-from taskservice.api import auth, health, tasks
+from taskservice.api import auth, health, requests, tasks
 from taskservice.api import metrics as metrics_api
 from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
@@ -151,6 +151,7 @@ def init_app(app: Flask, metrics: Metrics) -> Api:
     api.register_blueprint(health.blp)
     app.register_blueprint(swagger_assets)
     metrics_api.init_app(app, metrics)
+    requests.init_app(app)
     for error in ERROR_STATUS:
         app.register_error_handler(error, handle_task_error)
     app.register_error_handler(OperationalError, handle_database_error)

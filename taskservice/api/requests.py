@@ -1,0 +1,41 @@
+"""Request ids and the request log: one line per request, the id also in the answer."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+logger = logging.getLogger(__name__)
+
+# A caller's own id is kept if it is short and plain (it goes into every log line).
+_CALLERS_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def init_app(app: Flask) -> None:
+    """Give each request an id (X-Request-ID, the caller's or a new one) and log it."""
+
+    @app.before_request
+    def assign_request_id() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _CALLERS_ID.fullmatch(given) else uuid.uuid4().hex
+        g.request_began = time.perf_counter()
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id is not None:
+            response.headers["X-Request-ID"] = request_id
+            milliseconds = (time.perf_counter() - g.request_began) * 1000
+            logger.info(
+                "%s %s %d %.1f ms (request %s)",
+                request.method,
+                request.full_path.rstrip("?"),
+                response.status_code,
+                milliseconds,
+                request_id,
+            )
+        return response
