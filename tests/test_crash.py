@@ -11,6 +11,7 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
+from bench.database import RunningSampler
 from tests.helpers import max_overlap, wait_for
 from tests.server import Server
 
@@ -55,35 +56,6 @@ class Load:
                 continue
             if response.status == 201:
                 self.accepted.append(answer["id"])
-
-
-class RunningSampler:
-    """Counts the tasks marked Run, every 2 ms, on its own read-only connection."""
-
-    def __init__(self, database: Path) -> None:
-        self.most = 0
-        self.samples = 0
-        self._database = database
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample)
-
-    def __enter__(self) -> RunningSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _sample(self) -> None:
-        uri = f"file:{self._database}?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True, timeout=5)) as connection:
-            while not self._stop.wait(0.002):
-                (running,) = connection.execute(
-                    "SELECT count(*) FROM tasks WHERE status = 'Run'"
-                ).fetchone()
-                self.most = max(self.most, running)
-                self.samples += 1
 
 
 def start(database: Path, log: Path) -> Server:
