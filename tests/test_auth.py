@@ -30,6 +30,7 @@ def test_every_task_endpoint_needs_the_token(client: FlaskClient, method: str, p
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="taskservice"'
     assert response.json["message"] == "This endpoint needs 'Authorization: Bearer <token>'."
+    assert response.headers["X-Request-ID"]  # refused requests are logged and counted too
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,8 @@ def init_app(app: Flask, metrics: Metrics) -> Api:
     app.url_map.converters["task_id"] = TaskIdConverter
     app.json = OrjsonProvider(app)
     api = Api(app)
+    # First of the request hooks, so that a request refused by the next ones is logged too.
+    requests.init_app(app, metrics)
     token = app.config.get("TASKSERVICE_API_TOKEN")
     if token:
         api.spec.components.security_scheme(auth.SCHEME_NAME, auth.SECURITY_SCHEME)
@@ -151,7 +153,6 @@ def init_app(app: Flask, metrics: Metrics) -> Api:
     api.register_blueprint(health.blp)
     app.register_blueprint(swagger_assets)
     metrics_api.init_app(app, metrics)
-    requests.init_app(app)
     for error in ERROR_STATUS:
         app.register_error_handler(error, handle_task_error)
     app.register_error_handler(OperationalError, handle_database_error)

@@ -1,4 +1,4 @@
-"""Request ids and the request log: one line per request, the id also in the answer."""
+"""Each request's id, log line and metrics: one line per request, the id also in the answer."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from taskservice.metrics import Metrics
+
 logger = logging.getLogger(__name__)
 
 # A caller's own id is kept if it is short and plain (it goes into every log line).
 _CALLERS_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def init_app(app: Flask) -> None:
-    """Give each request an id (X-Request-ID, the caller's or a new one) and log it."""
+def init_app(app: Flask, metrics: Metrics) -> None:
+    """Give each request an id (X-Request-ID, the caller's or a new one), log and count it."""
 
     @app.before_request
     def assign_request_id() -> None:
@@ -29,13 +31,16 @@ def init_app(app: Flask) -> None:
         request_id = g.get("request_id")
         if request_id is not None:
             response.headers["X-Request-ID"] = request_id
-            milliseconds = (time.perf_counter() - g.request_began) * 1000
+            seconds = time.perf_counter() - g.request_began
             logger.info(
                 "%s %s %d %.1f ms (request %s)",
                 request.method,
                 request.full_path.rstrip("?"),
                 response.status_code,
-                milliseconds,
+                seconds * 1000,
                 request_id,
             )
+            # The route's pattern, not the path: one series per endpoint, not per task.
+            endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+            metrics.request_answered(request.method, endpoint, response.status_code, seconds)
         return response
