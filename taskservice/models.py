@@ -6,7 +6,17 @@ from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy import Enum as SQLEnum
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -120,6 +130,17 @@ class Task(Base):
         # recovery reads the queued tasks through it too.
         Index("ix_tasks_status_id", "status", "id"),
         Index("ix_tasks_priority_id", "priority", "id"),
+        # The head of the queue in run order, one priority at a time, for the
+        # dashboard; partial, so only the waiting tasks are in it.
+        Index(
+            "ix_tasks_queued_priority_id",
+            "priority",
+            "id",
+            sqlite_where=text("status = 'In Queue'"),
+            postgresql_where=text("status = 'In Queue'"),
+        ),
+        # The latest finished tasks and the dashboard's timeline.
+        Index("ix_tasks_finish_time", "finish_time"),
         {"sqlite_autoincrement": True},  # a task's number is never reused
     )
 
@@ -136,6 +157,8 @@ class Task(Base):
     finish_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Which worker (1 to TASKSERVICE_CONCURRENCY) runs or ran the current attempt.
+    slot: Mapped[int | None] = mapped_column(Integer)
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.status.value}>"

@@ -90,8 +90,8 @@ class TaskRunner:
             if now - since > longer_than
         )
 
-    def __call__(self, task_id: int) -> None:
-        """Run task `task_id` if it is still queued."""
+    def __call__(self, task_id: int, slot: int) -> None:
+        """Run task `task_id` in worker slot `slot` if it is still queued."""
         worker = threading.current_thread().name
         if not self._may_claim():
             # The pool lock is lost: the task stays queued for the next holder.
@@ -100,7 +100,7 @@ class TaskRunner:
             )
             return
         try:
-            task = self._retry(worker, task_id, lambda retry: self._claim(task_id, retry))
+            task = self._retry(worker, task_id, lambda retry: self._claim(task_id, slot, retry))
             if task is None:
                 logger.info("%s: task %s skipped: no longer in the queue", worker, task_id)
                 return
@@ -143,9 +143,9 @@ class TaskRunner:
         else:
             logger.info("%s: task %s failed in %.3f s: %s", worker, task.id, exec_time, error)
 
-    def _claim(self, task_id: int, retry: bool) -> TaskRow | None:
+    def _claim(self, task_id: int, slot: int, retry: bool) -> TaskRow | None:
         with self._db.writing(urgent=True) as session:
-            task = tasks.claim_task(session, task_id)
+            task = tasks.claim_task(session, task_id, slot=slot)
             if task is None and retry:
                 # The failed try may have committed before its answer was lost.
                 # Only this process runs tasks on this database (the pool

@@ -9,6 +9,7 @@ from taskservice import tasks
 from taskservice.db import Database
 from taskservice.metrics import Metrics
 from taskservice.models import TaskPriority, TaskRow, TaskStatus
+from taskservice.overview import Overview, read_overview
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ class TaskService:
         """How many tasks there are of each status."""
         with self._db.reading() as session:
             return tasks.count_by_status(session)
+
+    def overview(self) -> Overview:
+        """A snapshot of the queue for the dashboard, from bounded reads."""
+        with self._db.reading() as session:
+            return read_overview(session)
 
     def count(self, *, status: TaskStatus) -> int:
         """How many tasks have `status`."""

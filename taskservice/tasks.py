@@ -66,7 +66,12 @@ _CANCEL = (
 _CLAIM = (
     update(TASKS)
     .where(_moving_to(TaskStatus.RUN))
-    .values(status=TaskStatus.RUN, start_time=bindparam("now"), attempts=TASKS.c.attempts + 1)
+    .values(
+        status=TaskStatus.RUN,
+        start_time=bindparam("now"),
+        attempts=TASKS.c.attempts + 1,
+        slot=bindparam("slot"),
+    )
     .returning(*TASKS.c)
 )
 # Only the attempt that is running may record its end: a runner from before a
@@ -85,7 +90,7 @@ _FINISH = {
 _REQUEUE = (
     update(TASKS)
     .where(TASKS.c.status.in_(sources_of(TaskStatus.IN_QUEUE)))
-    .values(status=TaskStatus.IN_QUEUE, start_time=None)
+    .values(status=TaskStatus.IN_QUEUE, start_time=None, slot=None)
 )
 _RANK = case({p.value: p.rank for p in TaskPriority}, value=TASKS.c.priority)
 _QUEUED = (
@@ -191,13 +196,14 @@ def cancel_task(session: Session, task_id: int) -> TaskRow:
     return task
 
 
-def claim_task(session: Session, task_id: int) -> TaskRow | None:
-    """Move a queued task to Run and count the attempt; None if it is not queued.
+def claim_task(session: Session, task_id: int, *, slot: int) -> TaskRow | None:
+    """Move a queued task to Run in worker `slot`, count the attempt; None if it is not queued.
 
     The status check and the change are one statement, so a task cancelled
     (or claimed) a moment earlier is never started.
     """
-    return session.execute(_CLAIM, {"task_id": task_id, "now": utcnow()}).one_or_none()
+    values = {"task_id": task_id, "now": utcnow(), "slot": slot}
+    return session.execute(_CLAIM, values).one_or_none()
 
 
 def finish_task(

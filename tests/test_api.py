@@ -30,6 +30,7 @@ TASK_FIELDS = {
     "finish_time",
     "error",
     "attempts",
+    "slot",
 }
 
 
@@ -305,7 +306,7 @@ class TestCancel:
     ):
         task_id = create(client)["id"]
         with app.app_context(), get_extension().db.writing() as session:
-            tasks.claim_task(session, task_id)
+            tasks.claim_task(session, task_id, slot=1)
             if finish is not None:
                 tasks.finish_task(session, task_id, 1, status=finish, exec_time=0.5)
 

@@ -1,4 +1,4 @@
-"""TASKSERVICE_API_TOKEN: every /tasks endpoint needs the bearer token; /health stays open."""
+"""TASKSERVICE_API_TOKEN: /tasks and /overview need the bearer token; /health stays open."""
 
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ def client(guarded: Flask) -> FlaskClient:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("post", "/tasks"), ("get", "/tasks"), ("get", "/tasks/1"), ("delete", "/tasks/1")],
+    [
+        ("post", "/tasks"),
+        ("get", "/tasks"),
+        ("get", "/tasks/1"),
+        ("delete", "/tasks/1"),
+        ("get", "/overview"),
+    ],
 )
 def test_every_task_endpoint_needs_the_token(client: FlaskClient, method: str, path: str):
     response = getattr(client, method)(path)
@@ -65,6 +71,7 @@ def test_the_right_token_opens_every_endpoint(client: FlaskClient):
     assert client.get(f"/tasks/{task_id}", headers=GOOD).status_code == 200
     assert client.get("/tasks", headers=GOOD).status_code == 200
     assert client.delete(f"/tasks/{task_id}", headers=GOOD).status_code == 200
+    assert client.get("/overview", headers=GOOD).status_code == 200
     lower_case = {"Authorization": f"bearer {TOKEN}"}
     assert client.get(f"/tasks/{task_id}", headers=lower_case).status_code == 200
 
@@ -75,10 +82,14 @@ def test_a_refused_request_changes_nothing(client: FlaskClient):
     assert client.get("/tasks", headers=GOOD).json == []
 
 
-def test_health_and_docs_stay_open(client: FlaskClient):
+def test_health_docs_and_the_dashboard_page_stay_open(client: FlaskClient):
     assert client.get("/health").status_code in (200, 503)  # no pool here: 503, but no 401
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 200
+    # The page holds no task data; it asks for the token before it polls /overview.
+    assert client.get("/").status_code == 200
+    with client.get("/dashboard/static/dashboard.js") as script:
+        assert script.status_code == 200
 
 
 def test_the_openapi_document_declares_the_scheme(client: FlaskClient):

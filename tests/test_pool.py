@@ -17,9 +17,14 @@ def make_worker(handler) -> tuple[Worker, TaskQueue]:
     return Worker("worker-test", tasks, handler), tasks
 
 
+def recorder(handled: list[int]):
+    """A handler that records the task numbers it is given."""
+    return lambda task_id, _slot: handled.append(task_id)
+
+
 def test_loop_handles_one_task_per_call():
     handled: list[int] = []
-    worker, tasks = make_worker(handled.append)
+    worker, tasks = make_worker(recorder(handled))
     tasks.put((1, 7))
     tasks.put((1, 8))
 
@@ -29,7 +34,7 @@ def test_loop_handles_one_task_per_call():
 
 def test_loop_order_is_rank_then_number():
     handled: list[int] = []
-    worker, tasks = make_worker(handled.append)
+    worker, tasks = make_worker(recorder(handled))
     for entry in [(2, 5), (0, 9), (1, 3), (0, 1), (2, 4)]:
         tasks.put(entry)
 
@@ -41,7 +46,7 @@ def test_loop_order_is_rank_then_number():
 
 def test_a_backlog_put_at_once_joins_the_queue_in_order():
     handled: list[int] = []
-    worker, tasks = make_worker(handled.append)
+    worker, tasks = make_worker(recorder(handled))
     tasks.put((1, 6))
     tasks.put_many([(2, 5), (0, 9), (1, 3)])
     tasks.put_many(iter([(0, 1), (2, 4)]))
@@ -57,7 +62,7 @@ def test_a_backlog_put_at_once_wakes_every_waiting_worker():
     both_running = threading.Barrier(2, timeout=5)  # broken if one worker sleeps on
     handled: list[int] = []
 
-    def handler(task_id: int) -> None:
+    def handler(task_id: int, _slot: int) -> None:
         both_running.wait()
         handled.append(task_id)
 
@@ -82,7 +87,7 @@ def test_loop_on_an_empty_queue_returns_after_timeout():
 def test_a_failing_handler_does_not_stop_the_worker(caplog: pytest.LogCaptureFixture):
     handled: list[int] = []
 
-    def handler(task_id: int) -> None:
+    def handler(task_id: int, _slot: int) -> None:
         if task_id == 1:
             raise RuntimeError("boom")
         handled.append(task_id)
@@ -102,7 +107,7 @@ def test_a_failing_handler_does_not_stop_the_worker(caplog: pytest.LogCaptureFix
 
 def test_pool_runs_everything_and_stops():
     handled: list[int] = []
-    pool = WorkerPool(handled.append, concurrency=2)
+    pool = WorkerPool(recorder(handled), concurrency=2)
     pool.start()
     for task_id in range(1, 101):
         pool.submit(1, task_id)
@@ -115,12 +120,32 @@ def test_pool_runs_everything_and_stops():
     assert sorted(handled) == list(range(1, 101))
 
 
+def test_a_worker_hands_its_slot_to_the_handler():
+    given: list[tuple[int, int]] = []
+    tasks = TaskQueue()
+    worker = Worker("worker-2", tasks, lambda task_id, slot: given.append((task_id, slot)), slot=2)
+    tasks.put((0, 7))
+
+    assert worker.loop(timeout=0) is True
+    assert given == [(7, 2)]
+
+
+def test_the_pools_workers_are_its_numbered_slots():
+    pool = WorkerPool(recorder([]), concurrency=3)
+
+    assert [(worker.name, worker.slot) for worker in pool.workers] == [
+        ("worker-1", 1),
+        ("worker-2", 2),
+        ("worker-3", 3),
+    ]
+
+
 def test_pool_never_runs_more_than_its_concurrency():
     lock = threading.Lock()
     running = peak = 0
     release = threading.Event()
 
-    def handler(_task_id: int) -> None:
+    def handler(_task_id: int, _slot: int) -> None:
         nonlocal running, peak
         with lock:
             running += 1
@@ -146,7 +171,7 @@ def test_stop_waits_for_the_running_task_and_skips_the_rest():
     release = threading.Event()
     handled: list[int] = []
 
-    def handler(task_id: int) -> None:
+    def handler(task_id: int, _slot: int) -> None:
         started.set()
         release.wait(5)
         handled.append(task_id)

@@ -46,7 +46,7 @@ def read(app: Flask, task_id: int) -> Task:
 def test_runs_a_task_to_completion(app: Flask, runner: TaskRunner):
     task_id = new_task(app, duration=20)
 
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = read(app, task_id)
     assert task.status is TaskStatus.COMPLETED
@@ -71,7 +71,7 @@ def test_the_runner_writes_first(app: Flask, runner: TaskRunner, monkeypatch: py
 
     task_id = new_task(app)
     monkeypatch.setattr(db, "writing", writing)
-    runner(task_id)
+    runner(task_id, slot=1)
 
     assert read(app, task_id).status is TaskStatus.COMPLETED
     assert urgency == [True, True]  # the claim and the finish
@@ -86,7 +86,7 @@ def test_execution_time_is_measured_on_the_monotonic_clock(app: Flask):
     runner = TaskRunner(get_extension_of(app).db, body, clock=lambda: now[0])
     task_id = new_task(app)
 
-    runner(task_id)
+    runner(task_id, slot=1)
 
     assert read(app, task_id).exec_time == 7.25
 
@@ -102,8 +102,8 @@ def test_each_step_of_a_task_is_logged(app: Flask, caplog: pytest.LogCaptureFixt
         good = service.create(name="good", duration=2, priority=TaskPriority.HIGH).id
         bad = service.create(name="bad", duration=1, priority=TaskPriority.LOW).id
         workers = [
-            threading.Thread(target=runner, args=(good,), name="worker-1"),
-            threading.Thread(target=runner, args=(bad,), name="worker-2"),
+            threading.Thread(target=runner, args=(good, 1), name="worker-1"),
+            threading.Thread(target=runner, args=(bad, 2), name="worker-2"),
         ]
         for worker in workers:
             worker.start()
@@ -121,7 +121,7 @@ def test_each_step_of_a_task_is_logged(app: Flask, caplog: pytest.LogCaptureFixt
 def test_duration_13_fails(app: Flask, runner: TaskRunner, duration: float):
     task_id = new_task(app, duration=duration)
 
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = read(app, task_id)
     assert task.status is TaskStatus.FAILED
@@ -138,7 +138,7 @@ def test_random_failure(app: Flask, draw: float, status: TaskStatus):
     runner = TaskRunner(get_extension_of(app).db, body)
     task_id = new_task(app)
 
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = read(app, task_id)
     assert task.status is status
@@ -152,7 +152,7 @@ def test_a_body_that_raises_fails_the_task(app: Flask):
     runner = TaskRunner(get_extension_of(app).db, body)
     task_id = new_task(app)
 
-    runner(task_id)  # does not raise
+    runner(task_id, slot=1)  # does not raise
 
     task = read(app, task_id)
     assert task.status is TaskStatus.FAILED
@@ -165,7 +165,7 @@ def test_an_exception_without_message_is_named(app: Flask):
 
     runner = TaskRunner(get_extension_of(app).db, body)
     task_id = new_task(app)
-    runner(task_id)
+    runner(task_id, slot=1)
 
     assert read(app, task_id).error == "KeyError"
 
@@ -174,7 +174,7 @@ def test_a_cancelled_task_is_never_started(app: Flask, runner: TaskRunner):
     task_id = new_task(app)
     get_extension_of(app).service.cancel(task_id)
 
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = read(app, task_id)
     assert task.status is TaskStatus.CANCELLED
@@ -186,7 +186,7 @@ def test_a_claimed_task_cannot_be_cancelled(app: Flask):
     task_id = new_task(app)
     db = get_extension_of(app).db
     with db.writing() as session:
-        assert tasks.claim_task(session, task_id) is not None
+        assert tasks.claim_task(session, task_id, slot=1) is not None
 
     with pytest.raises(TaskNotCancellable, match="is 'Run'"):
         get_extension_of(app).service.cancel(task_id)
@@ -197,9 +197,9 @@ def test_a_task_is_claimed_once(app: Flask):
     task_id = new_task(app)
     db = get_extension_of(app).db
     with db.writing() as session:
-        first = tasks.claim_task(session, task_id)
+        first = tasks.claim_task(session, task_id, slot=1)
     with db.writing() as session:
-        second = tasks.claim_task(session, task_id)
+        second = tasks.claim_task(session, task_id, slot=1)
 
     assert first is not None
     assert first.attempts == 1
@@ -218,7 +218,7 @@ def test_cancel_against_claim_race(app: Flask):
         go.wait()
         for task_id in ids:
             with extension.db.writing() as session:
-                if tasks.claim_task(session, task_id) is not None:
+                if tasks.claim_task(session, task_id, slot=1) is not None:
                     claimed.append(task_id)
         extension.db.remove_session()
 
@@ -279,7 +279,10 @@ def test_a_cancel_overlapping_a_claim_loses(app: Flask):
             return "refused"
         return "cancelled"
 
-    outcome = hold_open_while(app, lambda session: tasks.claim_task(session, task_id), cancel)
+    def claim(session: Session) -> object:
+        return tasks.claim_task(session, task_id, slot=1)
+
+    outcome = hold_open_while(app, claim, cancel)
 
     assert outcome == "refused"
     assert read(app, task_id).status is TaskStatus.RUN
@@ -291,7 +294,7 @@ def test_a_claim_overlapping_a_cancel_loses(app: Flask):
 
     def claim() -> Task | None:
         with db.writing() as session:
-            return tasks.claim_task(session, task_id)
+            return tasks.claim_task(session, task_id, slot=1)
 
     outcome = hold_open_while(app, lambda session: tasks.cancel_task(session, task_id), claim)
 
@@ -304,11 +307,11 @@ def test_finish_is_conditional_on_the_attempt(app: Flask):
     task_id = new_task(app)
     db = get_extension_of(app).db
     with db.writing() as session:
-        assert tasks.claim_task(session, task_id) is not None
+        assert tasks.claim_task(session, task_id, slot=1) is not None
     with db.writing() as session:  # the process died; recovery requeues it
         tasks.requeue_interrupted(session)
     with db.writing() as session:
-        assert tasks.claim_task(session, task_id) is not None
+        assert tasks.claim_task(session, task_id, slot=1) is not None
 
     def finish(attempt: int, status: TaskStatus, exec_time: float) -> bool:
         with db.writing() as session:
@@ -331,7 +334,7 @@ def test_a_body_that_exits_fails_the_task(app: Flask):
 
     runner = TaskRunner(get_extension_of(app).db, body)
     task_id = new_task(app)
-    runner(task_id)
+    runner(task_id, slot=1)
 
     assert read(app, task_id).status is TaskStatus.FAILED
     assert read(app, task_id).error == "3"
@@ -343,7 +346,7 @@ def test_error_messages_are_made_storable(app: Flask):
 
     runner = TaskRunner(get_extension_of(app).db, body)
     task_id = new_task(app)
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = read(app, task_id)
     assert task.status is TaskStatus.FAILED
@@ -376,7 +379,7 @@ def test_database_errors_are_retried(
     flaky_claim = failing_first(tasks.claim_task, locked("UPDATE"), locked("UPDATE"))
     monkeypatch.setattr(tasks, "claim_task", flaky_claim)
     with caplog.at_level(logging.ERROR, logger="taskservice"):
-        runner(task_id)
+        runner(task_id, slot=1)
 
     assert read(app, task_id).status is TaskStatus.COMPLETED
     assert caplog.text.count(f"task {task_id}: database error, retrying") == 2
@@ -385,7 +388,7 @@ def test_database_errors_are_retried(
 def test_finishing_is_retried(app: Flask, runner: TaskRunner, monkeypatch: pytest.MonkeyPatch):
     task_id = new_task(app)
     monkeypatch.setattr(tasks, "finish_task", failing_first(tasks.finish_task, locked("UPDATE")))
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = read(app, task_id)
     assert (task.status, task.attempts) == (TaskStatus.COMPLETED, 1)
@@ -406,14 +409,14 @@ def test_a_claim_whose_commit_was_not_acknowledged_still_runs(
     real_claim = tasks.claim_task
     calls = iter([True, False])
 
-    def claim_then_lose_the_answer(session, claimed_id):
+    def claim_then_lose_the_answer(session, claimed_id, *, slot):
         if next(calls):
-            commit_elsewhere(session, lambda other: real_claim(other, claimed_id))
+            commit_elsewhere(session, lambda other: real_claim(other, claimed_id, slot=1))
             raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-        return real_claim(session, claimed_id)
+        return real_claim(session, claimed_id, slot=slot)
 
     monkeypatch.setattr(tasks, "claim_task", claim_then_lose_the_answer)
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = read(app, task_id)
     assert (task.status, task.attempts) == (TaskStatus.COMPLETED, 1)
@@ -437,7 +440,7 @@ def test_a_finish_whose_commit_was_not_acknowledged_is_not_reported_lost(
 
     monkeypatch.setattr(tasks, "finish_task", finish_then_lose_the_answer)
     with caplog.at_level(logging.INFO, logger="taskservice"):
-        runner(task_id)
+        runner(task_id, slot=1)
 
     assert read(app, task_id).status is TaskStatus.COMPLETED
     assert f"task {task_id} completed" in caplog.text
@@ -453,7 +456,7 @@ def test_every_database_error_is_retried(
         tasks, "claim_task", failing_first(tasks.claim_task, constraint, constraint)
     )
 
-    runner(task_id)
+    runner(task_id, slot=1)
 
     assert read(app, task_id).status is TaskStatus.COMPLETED
 
@@ -466,7 +469,7 @@ def test_a_worker_retrying_for_long_is_reported_stuck(app: Flask, monkeypatch: p
     calls: list[int] = []
     retried = threading.Event()
 
-    def broken_claim(_session, _task_id):
+    def broken_claim(_session, _task_id, *, slot):
         calls.append(1)
         if len(calls) == 2:  # the first failure has been counted by now
             retried.set()
@@ -476,7 +479,7 @@ def test_a_worker_retrying_for_long_is_reported_stuck(app: Flask, monkeypatch: p
 
     def run() -> None:
         with contextlib.suppress(OperationalError):  # re-raised once the runner stops
-            runner(task_id)
+            runner(task_id, slot=1)
 
     worker = threading.Thread(target=run, name="worker-7")
     worker.start()
@@ -495,12 +498,12 @@ def test_a_stopping_runner_gives_up_on_database_errors(
 ):
     task_id = new_task(app)
 
-    def broken_claim(_session, _task_id):
+    def broken_claim(_session, _task_id, *, slot):
         raise OperationalError("UPDATE tasks", {}, Exception("disk I/O error"))
 
     monkeypatch.setattr(tasks, "claim_task", broken_claim)
     runner.stop()
 
     with pytest.raises(OperationalError):
-        runner(task_id)
+        runner(task_id, slot=1)
     assert read(app, task_id).status is TaskStatus.IN_QUEUE

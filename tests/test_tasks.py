@@ -46,7 +46,7 @@ def test_the_counts_follow_every_change(db: Database):
     )
     with db.writing() as session:
         for task_id in (high, medium, interrupted):
-            assert tasks.claim_task(session, task_id) is not None
+            assert tasks.claim_task(session, task_id, slot=1) is not None
         assert tasks.finish_task(session, high, 1, status=TaskStatus.COMPLETED, exec_time=1)
         assert tasks.finish_task(session, medium, 1, status=TaskStatus.FAILED, exec_time=1)
         tasks.cancel_task(session, cancelled)

@@ -64,7 +64,7 @@ def test_no_task_starts_once_the_lock_is_lost(app: Flask):
     task_id = extension.service.create(name=None, duration=1, priority=TaskPriority.LOW).id
     runner = TaskRunner(extension.db, sleep_body(0, 0), may_claim=lambda: False)
 
-    runner(task_id)
+    runner(task_id, slot=1)
 
     task = extension.service.get(task_id)
     assert (task.status, task.attempts) == (TaskStatus.IN_QUEUE, 0)
@@ -110,7 +110,7 @@ def test_a_successor_waits_before_requeuing_running_tasks(
         task_id = service.create(name=None, duration=1, priority=TaskPriority.LOW).id
     db = dead.extensions[EXTENSION_KEY].db
     with db.writing() as session:  # it was running when its holder lost the lock
-        tasks.claim_task(session, task_id)
+        tasks.claim_task(session, task_id, slot=1)
     waits: list[float] = []
     monkeypatch.setattr("taskservice.pool.watchdog.sleep", waits.append)
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
-from taskservice.api import auth, health, requests, tasks
+from taskservice.api import auth, dashboard, health, requests, tasks
 from taskservice.api import metrics as metrics_api
 from taskservice.api.jsonprovider import OrjsonProvider
 from taskservice.api.parsing import TaskIdConverter, task_id_schema
@@ -147,10 +147,13 @@ def init_app(app: Flask, metrics: Metrics) -> Api:
     if token:
         api.spec.components.security_scheme(auth.SCHEME_NAME, auth.SECURITY_SCHEME)
         api.spec.options["security"] = [{auth.SCHEME_NAME: []}]  # /health opts out
-        app.before_request(auth.token_check(token, blueprint=tasks.blp.name))
+        protected = {tasks.blp.name, dashboard.blp.name}
+        app.before_request(auth.token_check(token, blueprints=protected))
     api.register_converter(TaskIdConverter, task_id_schema)
     api.register_blueprint(tasks.blp)
     api.register_blueprint(health.blp)
+    api.register_blueprint(dashboard.blp)
+    app.register_blueprint(dashboard.page)
     app.register_blueprint(swagger_assets)
     metrics_api.init_app(app, metrics)
     for error in ERROR_STATUS:

@@ -96,6 +96,13 @@ class TaskSchema(Schema):
     attempts = fields.Integer(
         metadata={"description": "How many times it was started; more than 1 after a crash."}
     )
+    slot = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "The worker slot (1 to the concurrency) of its current attempt;"
+            " null until it starts."
+        },
+    )
 
 
 class TaskFilterSchema(Schema):
@@ -118,3 +125,40 @@ class HealthSchema(Schema):
     )
     pool_lock = fields.String(metadata={"description": "'held' while this process owns the pool."})
     queued = fields.Integer(metadata={"description": "Task numbers waiting in memory."})
+
+
+class TimelineBarSchema(TaskSchema):
+    """A task that ran and finished: one bar of the dashboard's timeline."""
+
+    class Meta:
+        fields = ("id", "slot", "status", "start_time", "finish_time")
+
+
+class OverviewSchema(Schema):
+    """A snapshot of the queue, as the dashboard shows it."""
+
+    time = fields.AwareDateTime(metadata={"description": "When the snapshot was taken (UTC)."})
+    concurrency = fields.Integer(metadata={"description": "How many tasks may run at once."})
+    time_scale = fields.Float(
+        metadata={"description": "A task runs for duration x time_scale seconds."}
+    )
+    counts = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "How many tasks there are of each status."},
+    )
+    running = fields.List(fields.Nested(TaskSchema), metadata={"description": "Tasks in Run."})
+    queue_head = fields.List(
+        fields.Nested(TaskSchema),
+        metadata={"description": "The next tasks to run, in the order they will run."},
+    )
+    recent = fields.List(
+        fields.Nested(TaskSchema), metadata={"description": "The latest tasks to finish."}
+    )
+    timeline_since = fields.AwareDateTime(
+        metadata={"description": "The start of the time the timeline covers."}
+    )
+    timeline = fields.List(
+        fields.Nested(TimelineBarSchema),
+        metadata={"description": "Tasks that ran and finished since timeline_since, latest first."},
+    )

@@ -12,6 +12,7 @@ from flask_smorest.error_handler import ErrorSchema
 from flask_smorest.pagination import PaginationParameters
 
 from taskservice.api.parsing import JSONBodyParser, SchemaParser
+from taskservice.api.responses import RETRY_AFTER_HEADER, unauthorized, unavailable
 from taskservice.api.schemas import TaskCreateSchema, TaskFilterSchema, TaskSchema
 from taskservice.extension import get_extension
 from taskservice.models import TaskRow
@@ -60,24 +61,8 @@ class TaskBlueprint(Blueprint):
 blp = TaskBlueprint("tasks", __name__, url_prefix="/tasks", description="Create and follow tasks.")
 
 TASK_ID = "<task_id:task_id>"
-RETRY_AFTER_HEADER = {
-    "Retry-After": {
-        "description": "Seconds to wait before trying again.",
-        "schema": {"type": "integer"},
-    }
-}
-UNAVAILABLE = blp.alt_response(
-    503,
-    schema=ErrorSchema,
-    description="The database is unavailable; try again after Retry-After seconds.",
-    headers=RETRY_AFTER_HEADER,
-)
-UNAUTHORIZED = blp.alt_response(
-    401,
-    schema=ErrorSchema,
-    description="The service needs a token (TASKSERVICE_API_TOKEN); it is missing or wrong.",
-    headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
-)
+UNAVAILABLE = unavailable(blp)
+UNAUTHORIZED = unauthorized(blp)
 LOCATION_HEADER = {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}}
 
 

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[int], None]
+# Called with (task_id, slot): the slot is the worker's number, 1 to concurrency.
+Handler = Callable[[int, int], None]
 
 # Queue entries are (rank, task_id): lower rank first, then lower id, which is
 # first come first served. The stop marker outranks every task, so a stopping
@@ -37,10 +38,11 @@ class TaskQueue(queue.PriorityQueue[tuple[int, int]]):
 
 
 class Worker:
-    """One consumer of the queue; it handles one task number per `loop()`."""
+    """One consumer of the queue, the pool's slot `slot`; it handles one task per `loop()`."""
 
-    def __init__(self, name: str, tasks: TaskQueue, handler: Handler):
+    def __init__(self, name: str, tasks: TaskQueue, handler: Handler, slot: int = 1):
         self.name = name
+        self.slot = slot
         self._tasks = tasks
         self._handler = handler
 
@@ -57,7 +59,7 @@ class Worker:
         try:
             if entry == _STOP:
                 return False
-            self._handler(entry[1])
+            self._handler(entry[1], self.slot)
         except Exception:
             logger.exception("%s: handler failed for task %s", self.name, entry[1])
         finally:
@@ -85,7 +87,7 @@ class WorkerPool:
         self.concurrency = concurrency
         self._tasks = TaskQueue()
         self.workers = [
-            Worker(f"{name}-{n}", self._tasks, handler) for n in range(1, concurrency + 1)
+            Worker(f"{name}-{n}", self._tasks, handler, slot=n) for n in range(1, concurrency + 1)
         ]
         self._threads: list[threading.Thread] = []
 

@@ -1,0 +1,318 @@
+// taskservice dashboard: polls GET /overview about once a second and draws it.
+// Plain DOM, no build step; text goes in with textContent, never as markup.
+"use strict";
+
+const POLL_MS = 1000;
+const RETRY_MS = 2000;
+const TICK_MS = 250;
+const TOKEN_KEY = "taskservice.token";
+const STATUSES = ["In Queue", "Run", "Completed", "Failed", "Cancelled"];
+const SVG = "http://www.w3.org/2000/svg";
+
+const body = document.body;
+const urls = { overview: body.dataset.overviewUrl, tasks: body.dataset.tasksUrl };
+let latest = null; // the last snapshot and when it arrived, for the progress bars
+let receivedAt = 0;
+let timer = null;
+
+function $(selector) {
+  return document.querySelector(selector);
+}
+
+function element(tag, text, attributes) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, value);
+  return node;
+}
+
+function svg(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function seconds(value) {
+  if (value === null || value === undefined) return "–";
+  if (value < 10) return `${value.toFixed(2)} s`;
+  if (value < 120) return `${value.toFixed(1)} s`;
+  return `${Math.floor(value / 60)} min ${Math.round(value % 60)} s`;
+}
+
+function time(iso) {
+  return new Date(iso).toLocaleTimeString();
+}
+
+// Seconds on the server's clock now: the snapshot's time plus what has passed here.
+function serverNow() {
+  return Date.parse(latest.time) / 1000 + (performance.now() - receivedAt) / 1000;
+}
+
+// --- talking to the service -------------------------------------------------
+
+function headers(extra) {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : { ...extra };
+}
+
+async function call(method, url, json) {
+  const init = { method, headers: headers(json === undefined ? {} : { "Content-Type": "application/json" }) };
+  if (json !== undefined) init.body = JSON.stringify(json);
+  const response = await fetch(url, init);
+  if (response.status === 401) $("#token-form").hidden = false;
+  const answer = await response.json().catch(() => ({ message: response.statusText }));
+  return { ok: response.ok, status: response.status, body: answer };
+}
+
+function errorText(answer) {
+  const fields = (answer.body.errors && answer.body.errors.json) || {};
+  const details = Object.entries(fields).map(([name, problems]) => `${name}: ${[].concat(problems).join(" ")}`);
+  return [answer.body.message || `HTTP ${answer.status}`, ...details].join(" ");
+}
+
+async function poll() {
+  clearTimeout(timer);
+  let next = POLL_MS;
+  if (!document.hidden) {
+    try {
+      const answer = await call("GET", urls.overview);
+      if (!answer.ok) throw new Error(errorText(answer));
+      latest = answer.body;
+      receivedAt = performance.now();
+      render();
+      connection("live", `live · ${time(latest.time)}`);
+    } catch (error) {
+      connection("down", `not updating: ${error.message}`);
+      next = RETRY_MS;
+    }
+  }
+  timer = setTimeout(poll, next);
+}
+
+function connection(state, text) {
+  const badge = $("#connection");
+  badge.className = `connection ${state}`;
+  badge.textContent = text;
+}
+
+// --- drawing ------------------------------------------------------------------
+
+function render() {
+  renderCounts();
+  renderSlots();
+  renderQueue();
+  renderRecent();
+  renderTimeline();
+}
+
+function renderCounts() {
+  const tiles = STATUSES.map((status) => {
+    const tile = element("div", null, { class: "count", "data-status": status });
+    tile.append(element("span", latest.counts[status] ?? 0, { class: "number" }), element("span", status));
+    return tile;
+  });
+  $("#counts").replaceChildren(...tiles);
+}
+
+function renderSlots() {
+  const running = new Map(latest.running.map((task) => [task.slot, task]));
+  $("#limit").textContent = `${latest.running.length} of ${latest.concurrency} slots busy`;
+  const cards = [];
+  for (let slot = 1; slot <= latest.concurrency; slot++) {
+    const task = running.get(slot);
+    const card = element("div", null, { class: task ? "slot" : "slot idle", "data-slot": slot });
+    const title = element("div", null, { class: "title" });
+    if (!task) {
+      title.append(element("span", `Slot ${slot}`), element("span", "idle"));
+      card.append(title);
+    } else {
+      card.dataset.taskId = task.id;
+      title.append(
+        element("span", `Slot ${slot} · #${task.id} ${task.name ?? ""}`),
+        element("span", "", { class: "elapsed" }),
+      );
+      const bar = element("div", null, { class: "bar", role: "progressbar" });
+      bar.append(element("span"));
+      card.append(title, bar);
+    }
+    cards.push(card);
+  }
+  // Tasks in Run outside the slots (left by another process, before recovery).
+  for (const task of latest.running.filter((t) => !(t.slot >= 1 && t.slot <= latest.concurrency))) {
+    cards.push(element("div", `#${task.id} is in Run without a slot of this pool`, { class: "slot", "data-task-id": task.id }));
+  }
+  $("#slots").replaceChildren(...cards);
+  tick();
+}
+
+// Move the progress bars between snapshots: elapsed against the task's run time.
+function tick() {
+  if (!latest) return;
+  const now = serverNow();
+  for (const card of document.querySelectorAll(".slot[data-task-id]")) {
+    const task = latest.running.find((t) => String(t.id) === card.dataset.taskId);
+    if (!task || !card.querySelector(".bar")) continue;
+    const planned = task.duration * latest.time_scale;
+    const elapsed = Math.max(0, now - Date.parse(task.start_time) / 1000);
+    const share = planned > 0 ? Math.min(1, elapsed / planned) : 1;
+    card.querySelector(".bar > span").style.width = `${(share * 100).toFixed(1)}%`;
+    card.querySelector(".bar").setAttribute("aria-valuenow", Math.round(share * 100));
+    card.querySelector(".elapsed").textContent = `${seconds(elapsed)} of ${seconds(planned)}`;
+  }
+}
+
+function renderQueue() {
+  const now = serverNow();
+  const queued = latest.counts["In Queue"] ?? 0;
+  $("#queue-caption").textContent = queued > latest.queue_head.length ? `(first ${latest.queue_head.length} of ${queued})` : "";
+  const rows = latest.queue_head.map((task) => {
+    const row = element("tr", null, { "data-task-id": task.id, "data-status": task.status });
+    const cancel = element("button", "Cancel", { type: "button", class: "cancel", "aria-label": `Cancel task ${task.id}` });
+    cancel.addEventListener("click", () => cancelTask(task.id, cancel));
+    const cell = element("td");
+    cell.append(cancel);
+    row.append(
+      element("td", task.id),
+      element("td", task.name ?? "", { title: task.name ?? "" }),
+      element("td", task.priority),
+      element("td", seconds(task.duration)),
+      element("td", seconds(now - Date.parse(task.create_time) / 1000)),
+      cell,
+    );
+    return row;
+  });
+  if (!rows.length) rows.push(emptyRow(6, "The queue is empty."));
+  $("#queue tbody").replaceChildren(...rows);
+}
+
+function renderRecent() {
+  const rows = latest.recent.map((task) => {
+    const waited = task.start_time ? (Date.parse(task.start_time) - Date.parse(task.create_time)) / 1000 : null;
+    const row = element("tr", null, { "data-task-id": task.id, "data-status": task.status });
+    row.append(
+      element("td", task.id),
+      element("td", task.name ?? "", { title: task.name ?? "" }),
+      element("td", task.status, { class: "status", "data-status": task.status, title: task.error ?? "" }),
+      element("td", seconds(waited)),
+      element("td", seconds(task.time_to_execute)),
+      element("td", time(task.finish_time)),
+    );
+    return row;
+  });
+  if (!rows.length) rows.push(emptyRow(6, "Nothing has finished yet."));
+  $("#recent tbody").replaceChildren(...rows);
+}
+
+function emptyRow(columns, text) {
+  const row = element("tr");
+  row.append(element("td", text, { colspan: columns, class: "muted" }));
+  return row;
+}
+
+// One lane per slot, one bar per task from its start to its end (or now).
+function renderTimeline() {
+  // Drawn at the size it is shown, so that its text keeps the page's size.
+  const width = Math.max($("#timeline").clientWidth, 300), laneHeight = 30, top = 4, left = 56, axis = 18;
+  const lanes = latest.concurrency;
+  const height = top + lanes * laneHeight + axis;
+  const end = Date.parse(latest.time) / 1000;
+  const start = Date.parse(latest.timeline_since) / 1000;
+  const span = Math.max(end - start, 1);
+  const x = (t) => left + ((Math.max(t, start) - start) / span) * (width - left);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Tasks per slot over time" });
+
+  for (let slot = 1; slot <= lanes; slot++) {
+    const y = top + (slot - 1) * laneHeight;
+    chart.append(
+      svg("rect", { class: "lane", x: left, y, width: width - left, height: laneHeight - 4 }),
+      svg("text", { class: "label", x: 0, y: y + laneHeight / 2 + 2 }, `Slot ${slot}`),
+    );
+  }
+  const step = span > 120 ? 30 : span > 40 ? 10 : 5;
+  for (let ago = step; ago < span; ago += step) {
+    const at = x(end - ago);
+    chart.append(
+      svg("line", { class: "grid", x1: at, x2: at, y1: top, y2: top + lanes * laneHeight }),
+      svg("text", { class: "tick", x: at, y: height - 4, "text-anchor": "middle" }, ago % 60 ? `−${ago} s` : `−${ago / 60} min`),
+    );
+  }
+  const bars = [
+    ...latest.timeline.map((t) => ({ ...t, to: Date.parse(t.finish_time) / 1000 })),
+    ...latest.running.map((t) => ({ ...t, to: end })),
+  ].filter((t) => t.slot >= 1 && t.slot <= lanes);
+  for (const bar of bars) {
+    const from = x(Date.parse(bar.start_time) / 1000);
+    const rect = svg("rect", {
+      x: from, y: top + (bar.slot - 1) * laneHeight + 2, height: laneHeight - 8,
+      width: Math.max(x(bar.to) - from, 1.5), "data-status": bar.status, "data-task-id": bar.id,
+    });
+    rect.append(svg("title", {}, `#${bar.id} ${bar.status}`));
+    chart.append(rect);
+  }
+  $("#timeline").replaceChildren(chart);
+  $("#timeline-caption").textContent = `(last ${seconds(span)})`;
+  const peak = mostAtOnce(bars);
+  const note = $("#peak");
+  note.className = peak > latest.concurrency ? "peak over" : "peak";
+  note.textContent = `Most running at once in this window: ${peak} (limit ${latest.concurrency}).`;
+}
+
+// The largest number of bars that overlap: a sweep over their starts and ends.
+function mostAtOnce(bars) {
+  const events = [];
+  for (const bar of bars) events.push([Date.parse(bar.start_time) / 1000, 1], [bar.to, -1]);
+  events.sort((a, b) => a[0] - b[0] || a[1] - b[1]); // an end before a start at the same moment
+  let running = 0, peak = 0;
+  for (const [, change] of events) peak = Math.max(peak, (running += change));
+  return peak;
+}
+
+// --- actions --------------------------------------------------------------------
+
+async function createTask(event) {
+  event.preventDefault();
+  const form = event.target;
+  const result = $("#create-result");
+  const fields = { priority: form.priority.value };
+  if (form.name.value.trim()) fields.name = form.name.value.trim();
+  if (form.duration.value !== "") fields.duration = Number(form.duration.value);
+  try {
+    const answer = await call("POST", urls.tasks, fields);
+    result.className = answer.ok ? "" : "error";
+    result.textContent = answer.ok ? `Task #${answer.body.id} created.` : errorText(answer);
+    if (answer.ok) form.name.value = "";
+  } catch (error) {
+    result.className = "error";
+    result.textContent = `Not sent: ${error.message}`;
+  }
+  poll();
+}
+
+async function cancelTask(id, button) {
+  button.disabled = true;
+  const result = $("#cancel-result");
+  try {
+    const answer = await call("DELETE", `${urls.tasks}/${id}`);
+    result.className = answer.ok ? "" : "error";
+    result.textContent = answer.ok ? `Task #${id} cancelled.` : errorText(answer);
+  } catch (error) {
+    result.className = "error";
+    result.textContent = `Not sent: ${error.message}`;
+  }
+  poll();
+}
+
+function useToken(event) {
+  event.preventDefault();
+  localStorage.setItem(TOKEN_KEY, $("#token").value);
+  $("#token").value = "";
+  $("#token-form").hidden = true;
+  poll();
+}
+
+$("#create-form").addEventListener("submit", createTask);
+$("#token-form").addEventListener("submit", useToken);
+document.addEventListener("visibilitychange", () => document.hidden || poll());
+setInterval(tick, TICK_MS);
+poll();

@@ -1,0 +1,200 @@
+"""The dashboard's snapshot, on each database: what it holds and that its reads use indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from taskservice import overview, tasks
+from taskservice.db import Database
+from taskservice.models import Task, TaskPriority, TaskStatus, utcnow
+
+HIGH, MEDIUM, LOW = TaskPriority.HIGH, TaskPriority.MEDIUM, TaskPriority.LOW
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    database.upgrade_schema()
+    yield database
+    database.dispose()
+
+
+def create(db: Database, priority: TaskPriority = MEDIUM, name: str | None = None) -> int:
+    with db.writing() as session:
+        task_id: int = tasks.create_task(session, name=name, duration=1, priority=priority).id
+        return task_id
+
+
+def run(db: Database, task_id: int, slot: int = 1) -> None:
+    with db.writing() as session:
+        assert tasks.claim_task(session, task_id, slot=slot) is not None
+
+
+def finish(db: Database, task_id: int, **times: Any) -> None:
+    """Run and complete `task_id`, then set its times to `times` if given."""
+    run(db, task_id)
+    with db.writing() as session:
+        assert tasks.finish_task(session, task_id, 1, status=TaskStatus.COMPLETED, exec_time=1)
+        if times:
+            session.execute(update(Task).where(Task.id == task_id).values(**times))
+
+
+def cancel(db: Database, task_id: int) -> None:
+    with db.writing() as session:
+        tasks.cancel_task(session, task_id)
+
+
+def snapshot(db: Database) -> overview.Overview:
+    with db.reading() as session:
+        return overview.read_overview(session)
+
+
+def test_the_head_of_the_queue_is_in_run_order(db: Database):
+    low, medium, high, medium_2, high_2 = (create(db, p) for p in [LOW, MEDIUM, HIGH, MEDIUM, HIGH])
+    running, cancelled = create(db, HIGH), create(db, HIGH)
+    run(db, running)
+    cancel(db, cancelled)
+
+    with db.reading() as session:
+        head = [task.id for task in overview.queue_head(session, 10)]
+        first_three = [task.id for task in overview.queue_head(session, 3)]
+
+    assert head == [high, high_2, medium, medium_2, low]
+    assert first_three == [high, high_2, medium]
+
+
+def test_the_snapshot_counts_every_status(db: Database):
+    create(db)
+    cancel(db, create(db))
+
+    counts = snapshot(db).counts
+
+    assert counts == {
+        TaskStatus.IN_QUEUE: 1,
+        TaskStatus.RUN: 0,
+        TaskStatus.COMPLETED: 0,
+        TaskStatus.FAILED: 0,
+        TaskStatus.CANCELLED: 1,
+    }
+
+
+def test_the_running_tasks_come_with_their_slots(db: Database):
+    first, second = create(db), create(db)
+    run(db, first, slot=2)
+    run(db, second, slot=1)
+
+    running = snapshot(db).running
+
+    assert [(task.id, task.slot, task.status) for task in running] == [
+        (second, 1, TaskStatus.RUN),
+        (first, 2, TaskStatus.RUN),
+    ]
+
+
+def test_recent_holds_the_latest_finished_cancelled_included(db: Database):
+    now = utcnow()
+    ids = [create(db) for _ in range(overview.RECENT + 2)]
+    for age, task_id in enumerate(ids[:-1]):
+        finish(db, task_id, finish_time=now - timedelta(seconds=100 - age))
+    cancel(db, ids[-1])
+
+    recent = [task.id for task in snapshot(db).recent]
+
+    assert recent == [ids[-1], *reversed(ids[-overview.RECENT : -1])]
+
+
+def test_the_timeline_holds_what_ran_in_its_window(db: Database):
+    now = utcnow()
+    old, recent, cancelled, _queued, running = (create(db) for _ in range(5))
+    finish(
+        db,
+        old,
+        start_time=now - overview.TIMELINE - timedelta(minutes=2),
+        finish_time=now - overview.TIMELINE - timedelta(minutes=1),
+    )
+    finish(db, recent)
+    cancel(db, cancelled)
+    run(db, running)
+
+    shot = snapshot(db)
+
+    assert [task.id for task in shot.timeline] == [recent]
+    assert shot.timeline[0].slot == 1
+    assert shot.timeline_since == pytest.approx(shot.time - overview.TIMELINE, abs=timedelta(1))
+    assert [task.id for task in shot.running] == [running]
+
+
+def test_a_full_timeline_covers_less_time(db: Database):
+    now = utcnow()
+    ids = [create(db) for _ in range(4)]
+    for age, task_id in enumerate(ids):
+        finish(
+            db,
+            task_id,
+            start_time=now - timedelta(seconds=20),
+            finish_time=now - timedelta(seconds=10 - age),
+        )
+
+    with db.reading() as session:
+        since, bars = overview.timeline(session, now - timedelta(minutes=1), limit=3)
+
+    assert [task.id for task in bars] == [ids[3], ids[2], ids[1]]
+    assert since == now - timedelta(seconds=10 - 1)
+
+
+def test_a_claim_records_the_slot_and_a_requeue_clears_it(db: Database):
+    task_id = create(db)
+    with db.writing() as session:
+        claimed = tasks.claim_task(session, task_id, slot=2)
+        assert claimed is not None
+        assert claimed.slot == 2
+        tasks.requeue_interrupted(session)
+        requeued = tasks.get_task(session, task_id)
+
+    assert (requeued.status, requeued.slot, requeued.start_time) == (
+        TaskStatus.IN_QUEUE,
+        None,
+        None,
+    )
+
+
+# Each of the snapshot's reads, with example parameters, and the index it must take.
+READS = {
+    "queue head": (
+        overview._QUEUE_HEAD,
+        {"priority": "high", "limit": 10},
+        # Not ix_tasks_priority_id: that would read past every finished task.
+        "ix_tasks_queued_priority_id",
+    ),
+    "running": (overview._RUNNING, {}, "ix_tasks_status_id"),
+    "latest finished": (overview._LATEST_FINISHED, {"limit": 10}, "ix_tasks_finish_time"),
+    "timeline": (
+        overview._FINISHED_SINCE,
+        {"since": "2026-01-01 00:00:00", "limit": 400},
+        "ix_tasks_finish_time",
+    ),
+}
+
+
+@pytest.mark.parametrize("read", READS)
+def test_each_read_follows_its_index_on_sqlite(tmp_path, read: str):
+    """A million rows cost what a thousand do only if no read scans or sorts the table."""
+    db = Database(f"sqlite:///{tmp_path / 'plans.sqlite3'}")
+    db.upgrade_schema()
+    statement, params, index = READS[read]
+    with db.engine.connect() as connection:
+        compiled = statement.compile(dialect=connection.dialect)
+        bound = compiled.construct_params(params)
+        values = tuple(bound[name] for name in compiled.positiontup or ())
+        rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", values)
+        plan = " | ".join(row[3] for row in rows)
+    db.dispose()
+
+    assert plan.startswith(("SEARCH tasks USING INDEX", "SCAN tasks USING INDEX")), plan
+    assert f"INDEX {index} " in f"{plan} ", plan
+    assert "TEMP B-TREE" not in plan, plan
