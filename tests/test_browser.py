@@ -1,0 +1,178 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+Skipped where Chromium is missing; CI installs it and sets
+TASKSERVICE_REQUIRE_CHROMIUM=1, which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.server import Server
+
+CHROMIUM = Path(os.environ.get("TASKSERVICE_CHROMIUM", "/usr/bin/chromium"))
+REQUIRE_CHROMIUM = os.environ.get("TASKSERVICE_REQUIRE_CHROMIUM") == "1"
+# Headless on a machine without a display server or outside network: no
+# sandbox (tests may run as root), no GPU, no calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+TOKEN = "browser-test-token-0123456789"  # noqa: S105 - a test fixture, not a secret
+# Long enough for every step a page takes in between, short enough for a test.
+WAIT_MS = 15_000
+
+
+def _skip_or_fail(reason: str) -> None:
+    if REQUIRE_CHROMIUM:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium for this module's tests."""
+    if not CHROMIUM.exists():
+        _skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def start_server(tmp_path: Path, **env: str) -> Server:
+    # Real time: a task of duration 2 runs for 2 s, which the page, polling
+    # every second, cannot miss.
+    server = Server(f"sqlite:///{tmp_path / 'tasks.sqlite3'}", tmp_path / "gunicorn.log", **env)
+    server.start().wait_healthy()
+    return server
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    server = start_server(tmp_path, TASKSERVICE_TIME_SCALE="1")
+    yield server
+    server.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page that fails the test on any script error or refused resource."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: message.type == "error" and problems.append(f"console: {message.text}"),
+    )
+    yield page
+    context.close()
+    assert problems == []
+
+
+def create(server: Server, **fields: Any) -> int:
+    status, body = server.request("POST", "/tasks", fields)
+    assert status == 201, body
+    task_id: int = body["id"]
+    return task_id
+
+
+def test_a_task_created_with_the_form_runs_and_a_queued_one_is_cancelled(
+    server: Server, page: Page, tmp_path: Path
+):
+    # Both slots busy for 5 s, so the next tasks wait where the page can see them.
+    blockers = [create(server, name=f"blocker {n}", duration=5) for n in (1, 2)]
+    victim = create(server, name="to cancel", duration=1, priority="low")
+    page.goto(server.base + "/")
+    expect(page.locator("#connection")).to_have_class("connection live", timeout=WAIT_MS)
+    for blocker in blockers:
+        expect(page.locator(f"#slots [data-task-id='{blocker}']")).to_be_visible(timeout=WAIT_MS)
+
+    page.fill("#create-form [name=name]", "from the form")
+    page.fill("#create-form [name=duration]", "2")
+    page.select_option("#create-form [name=priority]", "high")
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("#create-result")).to_contain_text("created", timeout=WAIT_MS)
+    task_id = int(page.locator("#create-result").inner_text().split("#")[1].split(" ")[0])
+
+    queued = page.locator(f"#queue tr[data-task-id='{task_id}']")
+    expect(queued).to_have_attribute("data-status", "In Queue", timeout=WAIT_MS)
+    expect(queued).to_contain_text("from the form")
+    # High priority: it is first in line, ahead of the low-priority task queued before it.
+    expect(page.locator("#queue tbody tr").first).to_have_attribute("data-task-id", str(task_id))
+
+    page.click(f"#queue tr[data-task-id='{victim}'] button.cancel")
+    expect(page.locator("#cancel-result")).to_have_text(f"Task #{victim} cancelled.")
+    expect(page.locator(f"#queue tr[data-task-id='{victim}']")).to_have_count(0, timeout=WAIT_MS)
+    assert server.request("GET", f"/tasks/{victim}")[1]["status"] == "Cancelled"
+
+    running = page.locator(f"#slots [data-task-id='{task_id}']")
+    expect(running).to_be_visible(timeout=WAIT_MS)
+    expect(running).to_contain_text("from the form")
+    expect(page.locator(f"#timeline rect[data-task-id='{task_id}']")).to_have_attribute(
+        "data-status", "Run"
+    )
+
+    finished = page.locator(f"#recent tr[data-task-id='{task_id}']")
+    expect(finished).to_have_attribute("data-status", "Completed", timeout=WAIT_MS)
+    expect(page.locator(f"#recent tr[data-task-id='{victim}']")).to_have_attribute(
+        "data-status", "Cancelled"
+    )
+    expect(page.locator(".count[data-status='Completed'] .number")).to_have_text("3")
+    expect(page.locator("#peak")).to_have_text("Most running at once in this window: 2 (limit 2).")
+
+    screenshot = tmp_path / "dashboard.png"
+    page.screenshot(path=screenshot, full_page=True)
+    assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_page_fits_a_phone(server: Server, browser: Browser):
+    # Two run and the third waits, each with a name too long for a phone.
+    for _ in range(3):
+        create(server, name="a task with a name too long for a phone's screen", duration=5)
+    width = 390  # a phone's CSS pixels
+    context = browser.new_context(viewport={"width": width, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(server.base + "/")
+        page.locator("#queue tbody tr[data-task-id]").wait_for(timeout=WAIT_MS)
+        expect(page.locator("#slots [data-task-id]")).to_have_count(2)
+
+        # A mobile browser widens its layout to fit wider content, and then
+        # shows it all smaller: the page must fit in the phone's width itself.
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+    finally:
+        context.close()
+
+
+def test_a_page_of_a_guarded_service_asks_for_the_token(browser: Browser, tmp_path: Path):
+    server = start_server(tmp_path, TASKSERVICE_TIME_SCALE="1", TASKSERVICE_API_TOKEN=TOKEN)
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(server.base + "/")
+        expect(page.locator("#token-form")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#connection")).to_have_class("connection down")
+
+        page.fill("#token", TOKEN)
+        page.click("#token-form button[type=submit]")
+
+        expect(page.locator("#connection")).to_have_class("connection live", timeout=WAIT_MS)
+        expect(page.locator("#token-form")).to_be_hidden()
+        page.fill("#create-form [name=duration]", "0")
+        page.click("#create-form button[type=submit]")
+        expect(page.locator("#create-result")).to_have_text("Task #1 created.", timeout=WAIT_MS)
+    finally:
+        context.close()
+        server.kill(signal.SIGTERM)
