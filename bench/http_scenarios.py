@@ -35,10 +35,16 @@ class Listing:
     deep_page: Load
     deep_page_number: int
     task_read: dict[int, Load]
+    overview: dict[int, Load]
 
     def loads(self) -> list[Load]:
         """Every wrk run on this database."""
-        return [*self.first_pages.values(), self.deep_page, *self.task_read.values()]
+        return [
+            *self.first_pages.values(),
+            self.deep_page,
+            *self.task_read.values(),
+            *self.overview.values(),
+        ]
 
 
 def with_ceiling(loads: dict[int, Load], ceiling: dict[int, Load]) -> dict[int, Load]:
@@ -97,7 +103,7 @@ def read_tasks(server: Server, first: int, last: int, clients: int, seconds: flo
 
 
 def measure_listing(workspace: Workspace, rows: int) -> Listing:
-    """First pages, a deep page and task reads on `rows` tasks in the realistic mix."""
+    """First pages, a deep page, task reads and the dashboard's poll on `rows` tasks."""
     path = workspace.database(f"listing-{rows}", rows)
     counts = database.status_counts(path)
     deep_page = max(1, counts.get("Completed", 0) // 2 // PAGE_SIZE)
@@ -114,8 +120,14 @@ def measure_listing(workspace: Workspace, rows: int) -> Listing:
             clients: read_tasks(server, 1, rows, clients, seconds)
             for clients in LISTING_CLIENT_COUNTS
         }
+        # What one open dashboard asks every second (its timeline holds the
+        # tasks that finished in the last three minutes of the mix).
+        overview = {
+            clients: run_wrk(server, "get.lua", clients=clients, seconds=seconds, path="/overview")
+            for clients in LISTING_CLIENT_COUNTS
+        }
     size = path.stat().st_size
-    return Listing(rows, size, counts, first_pages, deep, deep_page, task_read)
+    return Listing(rows, size, counts, first_pages, deep, deep_page, task_read, overview)
 
 
 def check_page(server: Server, page: int) -> None:

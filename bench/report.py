@@ -170,6 +170,10 @@ def listing_section(results: Results) -> str:
         (f"GET /tasks first pages, {clients(count)}", small.first_pages[count], load)
         for count, load in large.first_pages.items()
     ]
+    compared += [
+        (f"GET /overview (the dashboard), {clients(count)}", small.overview[count], load)
+        for count, load in large.overview.items()
+    ]
     deep = f"GET /tasks?status=Completed deep page, {clients(large.deep_page.clients)}"
     compared.append((deep, small.deep_page, large.deep_page))
     rows = [

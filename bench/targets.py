@@ -68,7 +68,7 @@ def _ratios(name: str, large: Load, small: Load) -> Check:
 
 
 def listing_checks(results: Results) -> list[Check]:
-    """Task reads and first list pages at many rows against few, alone and at 8 clients."""
+    """Task reads, first list pages and the dashboard's poll at many rows against few."""
     small, large = results.small, results.large
     rows = f"{large.rows:,} rows vs {small.rows:,}"
     checks = []
@@ -90,6 +90,11 @@ def listing_checks(results: Results) -> list[Check]:
                 large.first_pages[clients].p99_ms,
                 20,
                 " ms",
+            ),
+            _ratios(
+                f"GET /overview, {label}: p50 / p99, {rows}",
+                large.overview[clients],
+                small.overview[clients],
             ),
         ]
     return checks
