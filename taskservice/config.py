@@ -14,6 +14,7 @@ from taskservice.errors import ConfigError
 N = TypeVar("N", int, float)
 
 DEFAULT_DATABASE_FILE = "taskservice.sqlite3"
+MAX_CONCURRENCY = 64
 
 
 def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "DATABASE_URL": url,
         "TASKSERVICE_API_TOKEN": _token(environ, "TASKSERVICE_API_TOKEN"),
         "TASKSERVICE_CONCURRENCY": _number(
-            environ, "TASKSERVICE_CONCURRENCY", kind=int, default=2, low=1, high=64
+            environ, "TASKSERVICE_CONCURRENCY", kind=int, default=2, low=1, high=MAX_CONCURRENCY
         ),
         "TASKSERVICE_TIME_SCALE": _number(
             environ, "TASKSERVICE_TIME_SCALE", kind=float, default=1.0, low=0, high=1e6

@@ -139,8 +139,16 @@ class Task(Base):
             sqlite_where=text("status = 'In Queue'"),
             postgresql_where=text("status = 'In Queue'"),
         ),
-        # The latest finished tasks and the dashboard's timeline.
-        Index("ix_tasks_finish_time", "finish_time"),
+        # The tasks that ran, by when they finished: the dashboard's latest
+        # finished and its timeline. Partial: a task that never started (queued
+        # or cancelled) is not in it, so a burst of cancels cannot crowd out
+        # the ones that ran, and a create does not write to it.
+        Index(
+            "ix_tasks_ran_finish_time",
+            "finish_time",
+            sqlite_where=text("start_time IS NOT NULL"),
+            postgresql_where=text("start_time IS NOT NULL"),
+        ),
         {"sqlite_autoincrement": True},  # a task's number is never reused
     )
 

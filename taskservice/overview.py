@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Table, bindparam, literal_column, select
+from sqlalchemy import Table, bindparam, literal_column, select, text
 from sqlalchemy.orm import Session
 
+from taskservice.config import MAX_CONCURRENCY
 from taskservice.models import Task, TaskPriority, TaskRow, TaskStatus, utcnow
 from taskservice.tasks import count_by_status
 
@@ -26,35 +27,39 @@ TIMELINE = timedelta(minutes=3)
 # At most this many bars: with 20 ms tasks three minutes hold thousands of
 # them, more than a timeline can show; it then covers a shorter time.
 TIMELINE_BARS = 400
-MAX_RUNNING = 20
+# Every slot of the largest pool; more tasks in Run than slots would be a bug
+# the dashboard must show, so the read is bounded well above the pool's size.
+MAX_RUNNING = 2 * MAX_CONCURRENCY
 
-
-def _status_is(status: TaskStatus) -> Any:
-    # A literal, not a bound parameter, so that every plan of the query can
-    # use the partial index of queued tasks: PostgreSQL's generic plans (for
-    # prepared statements) cannot assume a parameter's value.
-    return TASKS.c.status == literal_column(f"'{status.value}'")
-
+# Literal conditions, not bound parameters, so that every plan of a query can
+# use the partial indexes (migration 0003): PostgreSQL's generic plans, for
+# prepared statements, cannot assume a parameter's value.
+_QUEUED = TASKS.c.status == literal_column(f"'{TaskStatus.IN_QUEUE.value}'")
+_RUNNING_NOW = TASKS.c.status == literal_column(f"'{TaskStatus.RUN.value}'")
+_RAN = TASKS.c.start_time.is_not(None)
 
 _QUEUE_HEAD = (
     select(*TASKS.c)
-    .where(_status_is(TaskStatus.IN_QUEUE), TASKS.c.priority == bindparam("priority"))
+    .where(_QUEUED, TASKS.c.priority == bindparam("priority"))
     .order_by(TASKS.c.id)
     .limit(bindparam("limit"))
 )
-_RUNNING = select(*TASKS.c).where(_status_is(TaskStatus.RUN)).limit(MAX_RUNNING)
+_RUNNING = select(*TASKS.c).where(_RUNNING_NOW).limit(MAX_RUNNING)
 _LATEST_FINISHED = (
     select(*TASKS.c)
-    .where(TASKS.c.finish_time.is_not(None))
+    .where(_RAN, TASKS.c.finish_time.is_not(None))
     .order_by(TASKS.c.finish_time.desc())
     .limit(bindparam("limit"))
 )
 _FINISHED_SINCE = (
     select(*(TASKS.c[name] for name in ("id", "slot", "status", "start_time", "finish_time")))
-    .where(TASKS.c.finish_time >= bindparam("since"))
+    .where(_RAN, TASKS.c.finish_time >= bindparam("since"))
     .order_by(TASKS.c.finish_time.desc())
     .limit(bindparam("limit"))
 )
+# On PostgreSQL each statement of a READ COMMITTED transaction sees its own
+# moment: a task claimed between two reads would be in neither list.
+_ONE_SNAPSHOT = text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
 @dataclass(frozen=True)
@@ -71,18 +76,23 @@ class Overview:
 
 
 def read_overview(session: Session) -> Overview:
-    """Counts, running tasks, the next to run, the latest finished and the timeline."""
-    now = utcnow()
-    counts = dict.fromkeys(TaskStatus, 0) | count_by_status(session)
-    since, bars = timeline(session, now - TIMELINE, TIMELINE_BARS)
+    """Counts, running tasks, the next to run, the latest finished and the timeline.
+
+    All read in the session's transaction, which must not have read anything yet:
+    on PostgreSQL it is made one snapshot, as SQLite's read transactions are.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_ONE_SNAPSHOT)
+    since, bars = timeline(session, utcnow() - TIMELINE, TIMELINE_BARS)
     return Overview(
-        time=now,
-        counts=counts,
+        counts=dict.fromkeys(TaskStatus, 0) | count_by_status(session),
         running=sorted(session.execute(_RUNNING), key=_by_slot),
         queue_head=queue_head(session, QUEUE_HEAD),
         recent=session.execute(_LATEST_FINISHED, {"limit": RECENT}).all(),
         timeline_since=since,
         timeline=bars,
+        # After the reads: no task read can have started after the snapshot's time.
+        time=utcnow(),
     )
 
 
@@ -102,14 +112,15 @@ def queue_head(session: Session, limit: int) -> list[TaskRow]:
     return head
 
 
-def timeline(session: Session, since: datetime, limit: int) -> tuple[datetime, list[TaskRow]]:
-    """The tasks that ran and finished since `since`, and the time their bars cover from.
+def timeline(session: Session, since: datetime, limit: int) -> tuple[datetime, Sequence[TaskRow]]:
+    """The tasks that ran and finished since `since`, latest first, and the time they cover from.
 
-    When more than `limit` tasks finished, the bars cover less than the asked
-    time: from the end of the oldest of the latest `limit`.
+    When more than `limit` did, the latest `limit` cover less than the asked
+    time: from the end of the oldest of them.
     """
-    finished = session.execute(_FINISHED_SINCE, {"since": since, "limit": limit}).all()
-    if len(finished) == limit:
+    params = {"since": since, "limit": limit + 1}
+    finished: Sequence[TaskRow] = session.execute(_FINISHED_SINCE, params).all()
+    if len(finished) > limit:
+        finished = finished[:limit]
         since = finished[-1].finish_time
-    # Cancelled tasks end without running: no bar.
-    return since, [task for task in finished if task.start_time is not None]
+    return since, finished

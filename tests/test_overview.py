@@ -96,16 +96,27 @@ def test_the_running_tasks_come_with_their_slots(db: Database):
     ]
 
 
-def test_recent_holds_the_latest_finished_cancelled_included(db: Database):
+def test_recent_holds_the_latest_tasks_that_ran(db: Database):
     now = utcnow()
     ids = [create(db) for _ in range(overview.RECENT + 2)]
     for age, task_id in enumerate(ids[:-1]):
         finish(db, task_id, finish_time=now - timedelta(seconds=100 - age))
-    cancel(db, ids[-1])
+    cancel(db, ids[-1])  # finished later, but never ran: no wait or run time to show
 
     recent = [task.id for task in snapshot(db).recent]
 
-    assert recent == [ids[-1], *reversed(ids[-overview.RECENT : -1])]
+    assert recent == list(reversed(ids[-overview.RECENT - 1 : -1]))
+
+
+def test_every_running_task_is_in_the_snapshot(db: Database):
+    """More tasks in Run than a pool has slots would be a bug: the dashboard must show them all."""
+    ids = [create(db) for _ in range(25)]
+    for slot, task_id in enumerate(reversed(ids), start=1):
+        run(db, task_id, slot=slot)
+
+    running = snapshot(db).running
+
+    assert [(task.slot, task.id) for task in running] == list(enumerate(reversed(ids), start=1))
 
 
 def test_the_timeline_holds_what_ran_in_its_window(db: Database):
@@ -125,7 +136,8 @@ def test_the_timeline_holds_what_ran_in_its_window(db: Database):
 
     assert [task.id for task in shot.timeline] == [recent]
     assert shot.timeline[0].slot == 1
-    assert shot.timeline_since == pytest.approx(shot.time - overview.TIMELINE, abs=timedelta(1))
+    # The window starts before the reads; the snapshot's time is taken after them.
+    assert shot.time - timedelta(seconds=1) <= shot.timeline_since + overview.TIMELINE <= shot.time
     assert [task.id for task in shot.running] == [running]
 
 
@@ -140,11 +152,29 @@ def test_a_full_timeline_covers_less_time(db: Database):
             finish_time=now - timedelta(seconds=10 - age),
         )
 
+    asked = now - timedelta(minutes=1)
     with db.reading() as session:
-        since, bars = overview.timeline(session, now - timedelta(minutes=1), limit=3)
+        since, bars = overview.timeline(session, asked, limit=3)
+        all_since, all_bars = overview.timeline(session, asked, limit=4)
 
     assert [task.id for task in bars] == [ids[3], ids[2], ids[1]]
     assert since == now - timedelta(seconds=10 - 1)
+    # Exactly as many as the limit: nothing was left out, the window stays.
+    assert [task.id for task in all_bars] == list(reversed(ids))
+    assert all_since == asked
+
+
+def test_cancelled_tasks_take_no_place_in_the_timeline(db: Database):
+    ran = create(db)
+    finish(db, ran)
+    for _ in range(3):
+        cancel(db, create(db))
+    asked = utcnow() - timedelta(minutes=1)
+
+    with db.reading() as session:
+        since, bars = overview.timeline(session, asked, limit=2)
+
+    assert ([task.id for task in bars], since) == ([ran], asked)
 
 
 def test_a_claim_records_the_slot_and_a_requeue_clears_it(db: Database):
@@ -172,11 +202,11 @@ READS = {
         "ix_tasks_queued_priority_id",
     ),
     "running": (overview._RUNNING, {}, "ix_tasks_status_id"),
-    "latest finished": (overview._LATEST_FINISHED, {"limit": 10}, "ix_tasks_finish_time"),
+    "latest finished": (overview._LATEST_FINISHED, {"limit": 10}, "ix_tasks_ran_finish_time"),
     "timeline": (
         overview._FINISHED_SINCE,
         {"since": "2026-01-01 00:00:00", "limit": 400},
-        "ix_tasks_finish_time",
+        "ix_tasks_ran_finish_time",
     ),
 }
 

@@ -14,6 +14,7 @@ const urls = { overview: body.dataset.overviewUrl, tasks: body.dataset.tasksUrl 
 let latest = null; // the last snapshot and when it arrived, for the progress bars
 let receivedAt = 0;
 let timer = null;
+let polls = 0; // numbers each poll: only the latest one draws and schedules the next
 
 function $(selector) {
   return document.querySelector(selector);
@@ -35,18 +36,25 @@ function svg(tag, attributes, text) {
 
 function seconds(value) {
   if (value === null || value === undefined) return "–";
-  if (value < 10) return `${value.toFixed(2)} s`;
-  if (value < 120) return `${value.toFixed(1)} s`;
-  return `${Math.floor(value / 60)} min ${Math.round(value % 60)} s`;
+  if (value < 9.995) return `${value.toFixed(2)} s`;
+  if (value < 119.95) return `${value.toFixed(1)} s`;
+  const whole = Math.round(value);
+  return `${Math.floor(whole / 60)} min ${whole % 60} s`;
+}
+
+// Seconds since the epoch of one of the service's ISO 8601 times. They carry
+// microseconds; ECMAScript defines only milliseconds, so the rest is cut off.
+function epoch(iso) {
+  return Date.parse(iso.replace(/(\.\d{3})\d+/, "$1")) / 1000;
 }
 
 function time(iso) {
-  return new Date(iso).toLocaleTimeString();
+  return new Date(epoch(iso) * 1000).toLocaleTimeString();
 }
 
 // Seconds on the server's clock now: the snapshot's time plus what has passed here.
 function serverNow() {
-  return Date.parse(latest.time) / 1000 + (performance.now() - receivedAt) / 1000;
+  return epoch(latest.time) + (performance.now() - receivedAt) / 1000;
 }
 
 // --- talking to the service -------------------------------------------------
@@ -71,18 +79,24 @@ function errorText(answer) {
   return [answer.body.message || `HTTP ${answer.status}`, ...details].join(" ");
 }
 
+// Poll now (an action calls it to show its result at once); an answer that
+// arrives after a later poll started is dropped, so an older snapshot never
+// replaces a newer one and only one chain of polls goes on.
 async function poll() {
   clearTimeout(timer);
+  const mine = ++polls;
   let next = POLL_MS;
   if (!document.hidden) {
     try {
       const answer = await call("GET", urls.overview);
+      if (mine !== polls) return;
       if (!answer.ok) throw new Error(errorText(answer));
       latest = answer.body;
       receivedAt = performance.now();
       render();
       connection("live", `live · ${time(latest.time)}`);
     } catch (error) {
+      if (mine !== polls) return;
       connection("down", `not updating: ${error.message}`);
       next = RETRY_MS;
     }
@@ -116,8 +130,16 @@ function renderCounts() {
 }
 
 function renderSlots() {
-  const running = new Map(latest.running.map((task) => [task.slot, task]));
-  $("#limit").textContent = `${latest.running.length} of ${latest.concurrency} slots busy`;
+  // One task per slot; any other task in Run is listed below the slots, as
+  // something is wrong (a slot running two tasks, or a task left by another process).
+  const running = new Map();
+  const misplaced = [];
+  for (const task of latest.running) {
+    const fits = task.slot >= 1 && task.slot <= latest.concurrency && !running.has(task.slot);
+    if (fits) running.set(task.slot, task);
+    else misplaced.push(task);
+  }
+  $("#limit").textContent = `${running.size} of ${latest.concurrency} slots busy`;
   const cards = [];
   for (let slot = 1; slot <= latest.concurrency; slot++) {
     const task = running.get(slot);
@@ -138,9 +160,9 @@ function renderSlots() {
     }
     cards.push(card);
   }
-  // Tasks in Run outside the slots (left by another process, before recovery).
-  for (const task of latest.running.filter((t) => !(t.slot >= 1 && t.slot <= latest.concurrency))) {
-    cards.push(element("div", `#${task.id} is in Run without a slot of this pool`, { class: "slot", "data-task-id": task.id }));
+  for (const task of misplaced) {
+    const where = task.slot === null ? "without a slot" : `in slot ${task.slot}`;
+    cards.push(element("div", `#${task.id} is in Run ${where} as well`, { class: "slot misplaced" }));
   }
   $("#slots").replaceChildren(...cards);
   tick();
@@ -154,7 +176,7 @@ function tick() {
     const task = latest.running.find((t) => String(t.id) === card.dataset.taskId);
     if (!task || !card.querySelector(".bar")) continue;
     const planned = task.duration * latest.time_scale;
-    const elapsed = Math.max(0, now - Date.parse(task.start_time) / 1000);
+    const elapsed = Math.max(0, now - epoch(task.start_time));
     const share = planned > 0 ? Math.min(1, elapsed / planned) : 1;
     card.querySelector(".bar > span").style.width = `${(share * 100).toFixed(1)}%`;
     card.querySelector(".bar").setAttribute("aria-valuenow", Math.round(share * 100));
@@ -166,6 +188,16 @@ function renderQueue() {
   const now = serverNow();
   const queued = latest.counts["In Queue"] ?? 0;
   $("#queue-caption").textContent = queued > latest.queue_head.length ? `(first ${latest.queue_head.length} of ${queued})` : "";
+  const body = $("#queue tbody");
+  const shown = [...body.querySelectorAll("tr[data-task-id]")].map((row) => row.dataset.taskId);
+  if (shown.join() === latest.queue_head.map((task) => task.id).join() && shown.length) {
+    // The same tasks: only their waits change. Rebuilding the rows would
+    // replace a Cancel button the user may be pressing at that moment.
+    latest.queue_head.forEach((task, index) => {
+      body.rows[index].cells[4].textContent = seconds(now - epoch(task.create_time));
+    });
+    return;
+  }
   const rows = latest.queue_head.map((task) => {
     const row = element("tr", null, { "data-task-id": task.id, "data-status": task.status });
     const cancel = element("button", "Cancel", { type: "button", class: "cancel", "aria-label": `Cancel task ${task.id}` });
@@ -177,18 +209,18 @@ function renderQueue() {
       element("td", task.name ?? "", { title: task.name ?? "" }),
       element("td", task.priority),
       element("td", seconds(task.duration)),
-      element("td", seconds(now - Date.parse(task.create_time) / 1000)),
+      element("td", seconds(now - epoch(task.create_time))),
       cell,
     );
     return row;
   });
   if (!rows.length) rows.push(emptyRow(6, "The queue is empty."));
-  $("#queue tbody").replaceChildren(...rows);
+  body.replaceChildren(...rows);
 }
 
 function renderRecent() {
   const rows = latest.recent.map((task) => {
-    const waited = task.start_time ? (Date.parse(task.start_time) - Date.parse(task.create_time)) / 1000 : null;
+    const waited = task.start_time ? epoch(task.start_time) - epoch(task.create_time) : null;
     const row = element("tr", null, { "data-task-id": task.id, "data-status": task.status });
     row.append(
       element("td", task.id),
@@ -216,8 +248,8 @@ function renderTimeline() {
   const width = Math.max($("#timeline").clientWidth, 300), laneHeight = 30, top = 4, left = 56, axis = 18;
   const lanes = latest.concurrency;
   const height = top + lanes * laneHeight + axis;
-  const end = Date.parse(latest.time) / 1000;
-  const start = Date.parse(latest.timeline_since) / 1000;
+  const end = epoch(latest.time);
+  const start = epoch(latest.timeline_since);
   const span = Math.max(end - start, 1);
   const x = (t) => left + ((Math.max(t, start) - start) / span) * (width - left);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Tasks per slot over time" });
@@ -238,11 +270,11 @@ function renderTimeline() {
     );
   }
   const bars = [
-    ...latest.timeline.map((t) => ({ ...t, to: Date.parse(t.finish_time) / 1000 })),
-    ...latest.running.map((t) => ({ ...t, to: end })),
-  ].filter((t) => t.slot >= 1 && t.slot <= lanes);
-  for (const bar of bars) {
-    const from = x(Date.parse(bar.start_time) / 1000);
+    ...latest.timeline.map((t) => ({ ...t, from: epoch(t.start_time), to: epoch(t.finish_time) })),
+    ...latest.running.map((t) => ({ ...t, from: epoch(t.start_time), to: end })),
+  ].map((bar) => ({ ...bar, to: Math.max(bar.to, bar.from) }));
+  for (const bar of bars.filter((t) => t.slot >= 1 && t.slot <= lanes)) {
+    const from = x(bar.from);
     const rect = svg("rect", {
       x: from, y: top + (bar.slot - 1) * laneHeight + 2, height: laneHeight - 8,
       width: Math.max(x(bar.to) - from, 1.5), "data-status": bar.status, "data-task-id": bar.id,
@@ -261,7 +293,7 @@ function renderTimeline() {
 // The largest number of bars that overlap: a sweep over their starts and ends.
 function mostAtOnce(bars) {
   const events = [];
-  for (const bar of bars) events.push([Date.parse(bar.start_time) / 1000, 1], [bar.to, -1]);
+  for (const bar of bars) events.push([bar.from, 1], [bar.to, -1]);
   events.sort((a, b) => a[0] - b[0] || a[1] - b[1]); // an end before a start at the same moment
   let running = 0, peak = 0;
   for (const [, change] of events) peak = Math.max(peak, (running += change));
@@ -276,6 +308,12 @@ async function createTask(event) {
   const result = $("#create-result");
   const fields = { priority: form.priority.value };
   if (form.name.value.trim()) fields.name = form.name.value.trim();
+  if (form.duration.validity.badInput) {
+    // The browser gives "" for text that is not a number, which would mean a random duration.
+    result.className = "error";
+    result.textContent = "The duration is not a number.";
+    return;
+  }
   if (form.duration.value !== "") fields.duration = Number(form.duration.value);
   try {
     const answer = await call("POST", urls.tasks, fields);

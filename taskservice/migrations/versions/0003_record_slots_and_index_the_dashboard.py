@@ -3,8 +3,8 @@
 The dashboard shows the head of the queue, the latest finished tasks and a
 timeline of the last minutes. With these indexes each is a short index scan,
 however many tasks the table holds: the queued tasks of one priority in run
-order (a partial index that holds only the queued tasks), and the tasks by
-the time they finished.
+order, and the tasks that ran by the time they finished. Both are partial:
+they hold only the tasks that are waiting, or that started.
 
 Revision ID: 0003
 Revises: 0002
@@ -24,6 +24,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 QUEUED = sa.text("status = 'In Queue'")
+RAN = sa.text("start_time IS NOT NULL")
 
 
 def upgrade() -> None:
@@ -36,12 +37,18 @@ def upgrade() -> None:
         sqlite_where=QUEUED,
         postgresql_where=QUEUED,
     )
-    op.create_index("ix_tasks_finish_time", "tasks", ["finish_time"])
+    op.create_index(
+        "ix_tasks_ran_finish_time",
+        "tasks",
+        ["finish_time"],
+        sqlite_where=RAN,
+        postgresql_where=RAN,
+    )
 
 
 def downgrade() -> None:
     """Drop the indexes and tasks.slot."""
-    op.drop_index("ix_tasks_finish_time", table_name="tasks")
+    op.drop_index("ix_tasks_ran_finish_time", table_name="tasks")
     op.drop_index("ix_tasks_queued_priority_id", table_name="tasks")
     # Not batch mode: on SQLite it would rebuild the table and lose its triggers.
     op.drop_column("tasks", "slot")
