@@ -36,6 +36,7 @@ class Listing:
     deep_page_number: int
     task_read: dict[int, Load]
     overview: dict[int, Load]
+    overview_bars: int
 
     def loads(self) -> list[Load]:
         """Every wrk run on this database."""
@@ -110,6 +111,13 @@ def measure_listing(workspace: Workspace, rows: int) -> Listing:
     seconds = workspace.settings.seconds
     with workspace.server(f"listing-{rows}", path) as server:
         check_page(server, deep_page)
+        # First, while the last tasks of the fill are recent: the dashboard's
+        # timeline then holds the tasks that finished in its three minutes.
+        bars = timeline_bars(server)
+        overview = {
+            clients: run_wrk(server, "get.lua", clients=clients, seconds=seconds, path="/overview")
+            for clients in LISTING_CLIENT_COUNTS
+        }
         first_pages = {
             clients: list_pages(server, (1, FIRST_PAGES), STATUS_FILTERS, clients, seconds)
             for clients in LISTING_CLIENT_COUNTS
@@ -120,14 +128,16 @@ def measure_listing(workspace: Workspace, rows: int) -> Listing:
             clients: read_tasks(server, 1, rows, clients, seconds)
             for clients in LISTING_CLIENT_COUNTS
         }
-        # What one open dashboard asks every second (its timeline holds the
-        # tasks that finished in the last three minutes of the mix).
-        overview = {
-            clients: run_wrk(server, "get.lua", clients=clients, seconds=seconds, path="/overview")
-            for clients in LISTING_CLIENT_COUNTS
-        }
     size = path.stat().st_size
-    return Listing(rows, size, counts, first_pages, deep, deep_page, task_read, overview)
+    return Listing(rows, size, counts, first_pages, deep, deep_page, task_read, overview, bars)
+
+
+def timeline_bars(server: Server) -> int:
+    """How many bars the dashboard's timeline holds now: the work behind each /overview."""
+    status, body = server.request("GET", "/overview")
+    if status != 200 or not isinstance(body, dict):
+        raise BenchError(f"GET /overview: HTTP {status}")
+    return len(body["timeline"])
 
 
 def check_page(server: Server, page: int) -> None:

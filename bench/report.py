@@ -197,7 +197,10 @@ def listing_section(results: Results) -> str:
             f"{counts}. Deep page: page {large.deep_page_number:,} of Completed at "
             f"{large.rows:,} rows, page {small.deep_page_number:,} at {small.rows:,} rows "
             "(half-way through Completed, 10 per page). First pages: a random status filter "
-            "(any of the five, or none) and a random page from 1 to 10.",
+            "(any of the five, or none) and a random page from 1 to 10. "
+            f"`/overview`: the dashboard's poll, measured first, while the fill's last tasks "
+            f"are recent: its timeline held {small.overview_bars:,} bars at {small.rows:,} rows "
+            f"and {large.overview_bars:,} at {large.rows:,} (at most 400).",
         ]
     )
 

@@ -14,7 +14,7 @@ from tests.helpers import wait_for
 
 def make_worker(handler) -> tuple[Worker, TaskQueue]:
     tasks = TaskQueue()
-    return Worker("worker-test", tasks, handler), tasks
+    return Worker("worker-test", tasks, handler, slot=1), tasks
 
 
 def recorder(handled: list[int]):

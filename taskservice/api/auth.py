@@ -1,4 +1,7 @@
-"""Optional access control: a bearer token on every endpoint that reads or changes tasks."""
+"""Optional access control: a bearer token on every endpoint that reads or changes tasks.
+
+/metrics and /health stay open: they hold counts and timings, no task's data.
+"""
 
 from __future__ import annotations
 

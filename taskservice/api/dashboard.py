@@ -58,9 +58,10 @@ class Overview(MethodView):
     def get(self) -> dict[str, Any]:
         """Counts, running tasks, the head of the queue and a timeline
 
-        What the dashboard at `/` shows, read with bounded queries: counts by status,
-        the running tasks with their slots, the next tasks to run, the latest to finish,
-        and the tasks that ran in the last three minutes. The page polls it every second.
+        What the dashboard at `/` shows, read from one snapshot with bounded queries:
+        counts by status, the running tasks with their slots, the next 10 tasks to run,
+        the 10 latest to finish, and the tasks that ran in the last three minutes (at
+        most 400). The page polls it every second.
         """
         extension = get_extension()
         overview = extension.service.overview()

@@ -147,18 +147,28 @@ class OverviewSchema(Schema):
         values=fields.Integer(),
         metadata={"description": "How many tasks there are of each status."},
     )
-    running = fields.List(fields.Nested(TaskSchema), metadata={"description": "Tasks in Run."})
+    running = fields.List(
+        fields.Nested(TaskSchema),
+        metadata={"description": "Every task in Run, by slot (at most 128)."},
+    )
     queue_head = fields.List(
         fields.Nested(TaskSchema),
-        metadata={"description": "The next tasks to run, in the order they will run."},
+        metadata={"description": "The next 10 tasks to run, in the order they will run."},
     )
     recent = fields.List(
-        fields.Nested(TaskSchema), metadata={"description": "The latest tasks to finish."}
+        fields.Nested(TaskSchema),
+        metadata={"description": "The 10 latest tasks to finish, of those that ran."},
     )
     timeline_since = fields.AwareDateTime(
-        metadata={"description": "The start of the time the timeline covers."}
+        metadata={
+            "description": "The start of the time the timeline covers: three minutes before"
+            " the snapshot, or less when more than 400 tasks ran in them."
+        }
     )
     timeline = fields.List(
         fields.Nested(TimelineBarSchema),
-        metadata={"description": "Tasks that ran and finished since timeline_since, latest first."},
+        metadata={
+            "description": "The tasks that ran and finished since timeline_since, latest first"
+            " (at most 400); the running ones are in `running`."
+        },
     )

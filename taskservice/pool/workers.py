@@ -40,7 +40,7 @@ class TaskQueue(queue.PriorityQueue[tuple[int, int]]):
 class Worker:
     """One consumer of the queue, the pool's slot `slot`; it handles one task per `loop()`."""
 
-    def __init__(self, name: str, tasks: TaskQueue, handler: Handler, slot: int = 1):
+    def __init__(self, name: str, tasks: TaskQueue, handler: Handler, slot: int):
         self.name = name
         self.slot = slot
         self._tasks = tasks
