@@ -9,6 +9,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from taskservice.api.dashboard import CONTENT_SECURITY_POLICY
+from taskservice.api.schemas import TimelineBars, TimelineBarSchema
+from taskservice.extension import get_extension
 from tests.conftest import Gate
 from tests.helpers import wait_for
 
@@ -125,3 +127,19 @@ def test_the_overview_is_documented(client: FlaskClient):
     operation = spec["paths"]["/overview"]["get"]
     assert operation["summary"] == "Counts, running tasks, the head of the queue and a timeline"
     assert set(operation["responses"]) == {"200", "401", "503", "default"}
+
+
+def test_the_timeline_is_written_as_its_schema_would(make_app, gate: Gate):
+    client = make_app().test_client()
+    for _ in range(3):
+        client.post("/tasks", json={"duration": 1})
+    gate.open.set()
+    wait_for(lambda: client.get("/overview").json["counts"]["Completed"] == 3)
+    app = client.application
+    with app.app_context():
+        bars = get_extension().service.overview().timeline
+
+    assert len(bars) == 3
+    assert TimelineBars()._serialize(bars, "timeline", None) == TimelineBarSchema(many=True).dump(
+        bars
+    )

@@ -134,6 +134,29 @@ class TimelineBarSchema(TaskSchema):
         fields = ("id", "slot", "status", "start_time", "finish_time")
 
 
+class TimelineBars(fields.List[Any]):
+    """The timeline's bars: documented as a list of TimelineBarSchema, written directly.
+
+    An open dashboard asks for up to 400 bars a second; marshmallow's dump,
+    field by field, took half of each request. The output is the same.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.Nested(TimelineBarSchema), **kwargs)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return [
+            {
+                "id": bar.id,
+                "slot": bar.slot,
+                "status": bar.status.value,
+                "start_time": bar.start_time.isoformat(),
+                "finish_time": bar.finish_time.isoformat(),
+            }
+            for bar in value
+        ]
+
+
 class OverviewSchema(Schema):
     """A snapshot of the queue, as the dashboard shows it."""
 
@@ -165,8 +188,7 @@ class OverviewSchema(Schema):
             " the snapshot, or less when more than 400 tasks ran in them."
         }
     )
-    timeline = fields.List(
-        fields.Nested(TimelineBarSchema),
+    timeline = TimelineBars(
         metadata={
             "description": "The tasks that ran and finished since timeline_since, latest first"
             " (at most 400); the running ones are in `running`."
