@@ -98,6 +98,7 @@ def throughput_section(results: Results) -> str:
         rows += [
             _load_row(f"GET /tasks/{{id}}, {at}", load, 200) for load in listing.task_read.values()
         ]
+        rows += [_load_row(f"GET /overview, {at}", load, 200) for load in listing.overview.values()]
     loaded = results.reads_loaded
     return "\n\n".join(
         [
