@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
+from taskservice.db import Database
 from taskservice.extension import EXTENSION_KEY
 
 # Tasks of "duration 10" take 10 ms: the code path is the real one, only faster.
@@ -68,6 +69,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'tasks.sqlite3'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """This test's database, migrated, without an app."""
+    database = Database(database_url)
+    database.upgrade_schema()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

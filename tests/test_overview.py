@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,14 +13,6 @@ from taskservice.db import Database
 from taskservice.models import Task, TaskPriority, TaskStatus, utcnow
 
 HIGH, MEDIUM, LOW = TaskPriority.HIGH, TaskPriority.MEDIUM, TaskPriority.LOW
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.upgrade_schema()
-    yield database
-    database.dispose()
 
 
 def create(db: Database, priority: TaskPriority = MEDIUM, name: str | None = None) -> int:

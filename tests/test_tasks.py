@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import text
 
 from taskservice import tasks
 from taskservice.db import Database
 from taskservice.models import TaskPriority, TaskStatus
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.upgrade_schema()
-    yield database
-    database.dispose()
 
 
 def kept_counts(db: Database) -> dict[tuple[str, str], int]:
