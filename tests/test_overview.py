@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.dialects import postgresql
 
 from taskservice import overview, tasks
 from taskservice.db import Database
@@ -219,3 +220,53 @@ def test_each_read_follows_its_index_on_sqlite(tmp_path, read: str):
     assert plan.startswith(("SEARCH tasks USING INDEX", "SCAN tasks USING INDEX")), plan
     assert f"INDEX {index} " in f"{plan} ", plan
     assert "TEMP B-TREE" not in plan, plan
+
+
+# 20,000 tasks, mostly finished: enough that PostgreSQL's planner, with the
+# table's statistics, prefers an index over a scan when the index fits.
+_POSTGRES_FILL = """
+INSERT INTO tasks (name, priority, duration, status, create_time, start_time, exec_time,
+                   finish_time, attempts)
+SELECT 'bulk ' || n, (ARRAY['high', 'medium', 'low'])[mod(n, 3) + 1], 1,
+       CASE mod(n, 50) WHEN 0 THEN 'In Queue' WHEN 1 THEN 'Cancelled' ELSE 'Completed' END,
+       base + make_interval(secs => n),
+       CASE WHEN mod(n, 50) > 1 THEN base + make_interval(secs => n + 1) END,
+       CASE WHEN mod(n, 50) > 1 THEN 1 END,
+       CASE WHEN mod(n, 50) > 0 THEN base + make_interval(secs => n + 2) END,
+       CASE WHEN mod(n, 50) > 1 THEN 1 ELSE 0 END
+FROM generate_series(1, 20000) AS n,
+     (SELECT localtimestamp - interval '1 day' AS base) AS start
+"""
+
+
+def _literal(value: object) -> str:
+    return str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("read", READS)
+def test_each_read_follows_its_index_on_postgresql(postgres_url: str, read: str):
+    """As a prepared statement's generic plan, which cannot assume a parameter's value."""
+    db = Database(postgres_url)
+    db.upgrade_schema()
+    statement, params, index = READS[read]
+    compiled = statement.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+    bound = compiled.construct_params(params)
+    values = tuple(bound[name] for name in compiled.positiontup or ())
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql(_POSTGRES_FILL)
+        connection.exec_driver_sql("ANALYZE tasks")
+        connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        connection.exec_driver_sql(f"PREPARE read AS {compiled}")
+        # EXECUTE takes no bound parameters of its own: the values go in as literals.
+        arguments = ", ".join(_literal(value) for value in values)
+        execute = f"EXPLAIN EXECUTE read({arguments})" if values else "EXPLAIN EXECUTE read"
+        plan = " | ".join(row[0] for row in connection.exec_driver_sql(execute))
+        connection.rollback()
+    db.dispose()
+
+    assert f"Index Scan using {index} on tasks" in plan or (
+        f"Index Scan Backward using {index} on tasks" in plan
+    ), plan
+    assert "Seq Scan" not in plan, plan
+    assert "Sort" not in plan, plan
