@@ -9,8 +9,7 @@ const TOKEN_KEY = "taskservice.token";
 const STATUSES = ["In Queue", "Run", "Completed", "Failed", "Cancelled"];
 const SVG = "http://www.w3.org/2000/svg";
 
-const body = document.body;
-const urls = { overview: body.dataset.overviewUrl, tasks: body.dataset.tasksUrl };
+const urls = { overview: document.body.dataset.overviewUrl, tasks: document.body.dataset.tasksUrl };
 let latest = null; // the last snapshot and when it arrived, for the progress bars
 let receivedAt = 0;
 let timer = null;
@@ -188,13 +187,13 @@ function renderQueue() {
   const now = serverNow();
   const queued = latest.counts["In Queue"] ?? 0;
   $("#queue-caption").textContent = queued > latest.queue_head.length ? `(first ${latest.queue_head.length} of ${queued})` : "";
-  const body = $("#queue tbody");
-  const shown = [...body.querySelectorAll("tr[data-task-id]")].map((row) => row.dataset.taskId);
+  const tbody = $("#queue tbody");
+  const shown = [...tbody.querySelectorAll("tr[data-task-id]")].map((row) => row.dataset.taskId);
   if (shown.join() === latest.queue_head.map((task) => task.id).join() && shown.length) {
     // The same tasks: only their waits change. Rebuilding the rows would
     // replace a Cancel button the user may be pressing at that moment.
     latest.queue_head.forEach((task, index) => {
-      body.rows[index].cells[4].textContent = seconds(now - epoch(task.create_time));
+      tbody.rows[index].cells[4].textContent = seconds(now - epoch(task.create_time));
     });
     return;
   }
@@ -215,7 +214,7 @@ function renderQueue() {
     return row;
   });
   if (!rows.length) rows.push(emptyRow(6, "The queue is empty."));
-  body.replaceChildren(...rows);
+  tbody.replaceChildren(...rows);
 }
 
 function renderRecent() {
@@ -334,9 +333,11 @@ async function cancelTask(id, button) {
     const answer = await call("DELETE", `${urls.tasks}/${id}`);
     result.className = answer.ok ? "" : "error";
     result.textContent = answer.ok ? `Task #${id} cancelled.` : errorText(answer);
+    button.disabled = answer.ok; // a row that stays (same queue head) can be tried again
   } catch (error) {
     result.className = "error";
     result.textContent = `Not sent: ${error.message}`;
+    button.disabled = false;
   }
   poll();
 }
