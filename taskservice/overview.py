@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
 
-from sqlalchemy import Table, bindparam, literal_column, select, text
+from sqlalchemy import bindparam, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from taskservice.config import MAX_CONCURRENCY
-from taskservice.models import Task, TaskPriority, TaskRow, TaskStatus, utcnow
-from taskservice.tasks import count_by_status
-
-TASKS = cast("Table", Task.__table__)
+from taskservice.models import TaskPriority, TaskRow, TaskStatus, utcnow
+from taskservice.tasks import TASKS, count_by_status
 
 QUEUE_HEAD = 10
 RECENT = 10

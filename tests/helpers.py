@@ -8,8 +8,10 @@ from typing import TypeVar
 
 from flask import Flask
 
+from taskservice import tasks
+from taskservice.db import Database
 from taskservice.extension import get_extension
-from taskservice.models import Task
+from taskservice.models import Task, TaskPriority
 
 T = TypeVar("T")
 
@@ -24,6 +26,13 @@ def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {condition}")
         time.sleep(interval)
+
+
+def insert_task(db: Database, priority: TaskPriority = TaskPriority.MEDIUM) -> int:
+    """Create a queued task of duration 1 straight through the statements; its number."""
+    with db.writing() as session:
+        task_id: int = tasks.create_task(session, name=None, duration=1, priority=priority).id
+        return task_id
 
 
 def all_tasks(app: Flask) -> list[Task]:

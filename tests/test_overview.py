@@ -12,14 +12,9 @@ from sqlalchemy.dialects import postgresql
 from taskservice import overview, tasks
 from taskservice.db import Database
 from taskservice.models import Task, TaskPriority, TaskStatus, utcnow
+from tests.helpers import insert_task
 
 HIGH, MEDIUM, LOW = TaskPriority.HIGH, TaskPriority.MEDIUM, TaskPriority.LOW
-
-
-def create(db: Database, priority: TaskPriority = MEDIUM, name: str | None = None) -> int:
-    with db.writing() as session:
-        task_id: int = tasks.create_task(session, name=name, duration=1, priority=priority).id
-        return task_id
 
 
 def run(db: Database, task_id: int, slot: int = 1) -> None:
@@ -47,8 +42,10 @@ def snapshot(db: Database) -> overview.Overview:
 
 
 def test_the_head_of_the_queue_is_in_run_order(db: Database):
-    low, medium, high, medium_2, high_2 = (create(db, p) for p in [LOW, MEDIUM, HIGH, MEDIUM, HIGH])
-    running, cancelled = create(db, HIGH), create(db, HIGH)
+    low, medium, high, medium_2, high_2 = (
+        insert_task(db, p) for p in [LOW, MEDIUM, HIGH, MEDIUM, HIGH]
+    )
+    running, cancelled = insert_task(db, HIGH), insert_task(db, HIGH)
     run(db, running)
     cancel(db, cancelled)
 
@@ -61,8 +58,8 @@ def test_the_head_of_the_queue_is_in_run_order(db: Database):
 
 
 def test_the_snapshot_counts_every_status(db: Database):
-    create(db)
-    cancel(db, create(db))
+    insert_task(db)
+    cancel(db, insert_task(db))
 
     counts = snapshot(db).counts
 
@@ -76,7 +73,7 @@ def test_the_snapshot_counts_every_status(db: Database):
 
 
 def test_the_running_tasks_come_with_their_slots(db: Database):
-    first, second = create(db), create(db)
+    first, second = insert_task(db), insert_task(db)
     run(db, first, slot=2)
     run(db, second, slot=1)
 
@@ -90,7 +87,7 @@ def test_the_running_tasks_come_with_their_slots(db: Database):
 
 def test_recent_holds_the_latest_tasks_that_ran(db: Database):
     now = utcnow()
-    ids = [create(db) for _ in range(overview.RECENT + 2)]
+    ids = [insert_task(db) for _ in range(overview.RECENT + 2)]
     for age, task_id in enumerate(ids[:-1]):
         finish(db, task_id, finish_time=now - timedelta(seconds=100 - age))
     cancel(db, ids[-1])  # finished later, but never ran: no wait or run time to show
@@ -102,7 +99,7 @@ def test_recent_holds_the_latest_tasks_that_ran(db: Database):
 
 def test_every_running_task_is_in_the_snapshot(db: Database):
     """More tasks in Run than a pool has slots would be a bug: the dashboard must show them all."""
-    ids = [create(db) for _ in range(25)]
+    ids = [insert_task(db) for _ in range(25)]
     for slot, task_id in enumerate(reversed(ids), start=1):
         run(db, task_id, slot=slot)
 
@@ -113,7 +110,7 @@ def test_every_running_task_is_in_the_snapshot(db: Database):
 
 def test_the_timeline_holds_what_ran_in_its_window(db: Database):
     now = utcnow()
-    old, recent, cancelled, _queued, running = (create(db) for _ in range(5))
+    old, recent, cancelled, _queued, running = (insert_task(db) for _ in range(5))
     finish(
         db,
         old,
@@ -135,7 +132,7 @@ def test_the_timeline_holds_what_ran_in_its_window(db: Database):
 
 def test_a_full_timeline_covers_less_time(db: Database):
     now = utcnow()
-    ids = [create(db) for _ in range(4)]
+    ids = [insert_task(db) for _ in range(4)]
     for age, task_id in enumerate(ids):
         finish(
             db,
@@ -157,10 +154,10 @@ def test_a_full_timeline_covers_less_time(db: Database):
 
 
 def test_cancelled_tasks_take_no_place_in_the_timeline(db: Database):
-    ran = create(db)
+    ran = insert_task(db)
     finish(db, ran)
     for _ in range(3):
-        cancel(db, create(db))
+        cancel(db, insert_task(db))
     asked = utcnow() - timedelta(minutes=1)
 
     with db.reading() as session:
@@ -170,7 +167,7 @@ def test_cancelled_tasks_take_no_place_in_the_timeline(db: Database):
 
 
 def test_a_claim_records_the_slot_and_a_requeue_clears_it(db: Database):
-    task_id = create(db)
+    task_id = insert_task(db)
     with db.writing() as session:
         claimed = tasks.claim_task(session, task_id, slot=2)
         assert claimed is not None

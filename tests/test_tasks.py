@@ -8,6 +8,7 @@ from sqlalchemy import text
 from taskservice import tasks
 from taskservice.db import Database
 from taskservice.models import TaskPriority, TaskStatus
+from tests.helpers import insert_task
 
 
 def kept_counts(db: Database) -> dict[tuple[str, str], int]:
@@ -24,15 +25,9 @@ def actual_counts(db: Database) -> dict[tuple[str, str], int]:
         return {(status, priority): count for status, priority, count in rows}
 
 
-def create(db: Database, priority: TaskPriority) -> int:
-    with db.writing() as session:
-        task_id: int = tasks.create_task(session, name=None, duration=1, priority=priority).id
-        return task_id
-
-
 def test_the_counts_follow_every_change(db: Database):
     high, medium, _low, cancelled, interrupted, deleted = (
-        create(db, priority) for priority in [*TaskPriority, *TaskPriority]
+        insert_task(db, priority) for priority in [*TaskPriority, *TaskPriority]
     )
     with db.writing() as session:
         for task_id in (high, medium, interrupted):
@@ -59,7 +54,7 @@ def test_a_rolled_back_change_leaves_the_counts_alone(db: Database):
             tasks.create_task(session, name=None, duration=1, priority=TaskPriority.LOW)
             raise RuntimeError("the transaction fails after the insert")
 
-    create(db, TaskPriority.LOW)
+    insert_task(db, TaskPriority.LOW)
     with pytest.raises(RuntimeError):
         insert_then_fail()
 
@@ -79,9 +74,9 @@ def test_a_rolled_back_change_leaves_the_counts_alone(db: Database):
 def test_a_list_total_comes_from_the_counts(
     db: Database, status: TaskStatus | None, priority: TaskPriority | None, total: int
 ):
-    first = create(db, TaskPriority.HIGH)
-    create(db, TaskPriority.HIGH)
-    create(db, TaskPriority.LOW)
+    first = insert_task(db, TaskPriority.HIGH)
+    insert_task(db, TaskPriority.HIGH)
+    insert_task(db, TaskPriority.LOW)
     with db.writing() as session:
         tasks.cancel_task(session, first)
 
