@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from importlib.resources import files
 from http import HTTPStatus
 from typing import Any
 
@@ -10,7 +11,6 @@ from flask import Blueprint as FlaskBlueprint
 from flask import Flask, Response, request, send_from_directory
 from flask_smorest import Api as SmorestApi
 from sqlalchemy.exc import OperationalError
-from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
 from taskservice.api import auth, dashboard, health, requests, tasks
@@ -29,6 +29,8 @@ from taskservice.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 SWAGGER_UI_ASSETS = "/docs/assets/"
+# Swagger UI 5 (it reads OpenAPI 3.1), as the flask-swagger-ui package ships it.
+SWAGGER_UI_DIST = str(files("flask_swagger_ui") / "dist")
 
 API_SETTINGS: dict[str, Any] = {
     "API_TITLE": "taskservice",
@@ -37,7 +39,7 @@ API_SETTINGS: dict[str, Any] = {
     "OPENAPI_URL_PREFIX": "/",
     "OPENAPI_JSON_PATH": "openapi.json",
     "OPENAPI_SWAGGER_UI_PATH": "docs",
-    # Served by this app from the swagger-ui-bundle package: no CDN, so the
+    # Served by this app from the flask-swagger-ui package: no CDN, so the
     # docs work on a machine without internet.
     "OPENAPI_SWAGGER_UI_URL": SWAGGER_UI_ASSETS,
     "API_SPEC_OPTIONS": {
@@ -129,7 +131,7 @@ swagger_assets = FlaskBlueprint("swagger_assets", __name__)
 @swagger_assets.get(f"{SWAGGER_UI_ASSETS}<path:filename>")
 def swagger_asset(filename: str) -> Response:
     """Swagger UI's scripts and styles."""
-    return send_from_directory(swagger_ui_path, filename, max_age=86_400)
+    return send_from_directory(SWAGGER_UI_DIST, filename, max_age=86_400)
 
 
 def init_app(app: Flask, metrics: Metrics) -> Api:
