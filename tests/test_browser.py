@@ -6,30 +6,17 @@ TASKSERVICE_REQUIRE_CHROMIUM=1, which turns the skip into a failure.
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
+from tests.browser import launch_chromium, open_page, start_server
 from tests.server import Server
 
-CHROMIUM = Path(os.environ.get("TASKSERVICE_CHROMIUM", "/usr/bin/chromium"))
-REQUIRE_CHROMIUM = os.environ.get("TASKSERVICE_REQUIRE_CHROMIUM") == "1"
-# Headless on a machine without a display server or outside network: no
-# sandbox (tests may run as root), no GPU, no calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 TOKEN = "browser-test-token-0123456789"  # noqa: S105 - a test fixture, not a secret
 # How long the tasks that keep both slots busy run: the page must be loaded,
 # the form sent and a queued task cancelled before they end, which takes about
@@ -39,63 +26,20 @@ BLOCKER_SECONDS = 10
 WAIT_MS = 20_000
 
 
-def _skip_or_fail(reason: str) -> None:
-    if REQUIRE_CHROMIUM:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """A headless Chromium for this module's tests."""
-    if not CHROMIUM.exists():
-        _skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launch_chromium() as browser:
         yield browser
-        browser.close()
-
-
-def start_server(tmp_path: Path, **env: str) -> Server:
-    # Real time: a task of duration 2 runs for 2 s, which the page, polling
-    # every second, cannot miss.
-    server = Server(f"sqlite:///{tmp_path / 'tasks.sqlite3'}", tmp_path / "gunicorn.log", **env)
-    try:
-        server.start().wait_healthy()
-    except BaseException:
-        server.kill()
-        raise
-    return server
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
+    # Real time: a task of duration 2 runs for 2 s, which the page, polling
+    # every second, cannot miss.
     server = start_server(tmp_path, TASKSERVICE_TIME_SCALE="1")
     yield server
     server.kill(signal.SIGTERM)
-
-
-@contextmanager
-def open_page(browser: Browser, expected_errors: str = "$^", **options: Any) -> Iterator[Page]:
-    """A page in a fresh context; the test fails on a script error or an error on the console.
-
-    Console errors that match `expected_errors` (a regular expression) are let through.
-    """
-    context = browser.new_context(**options)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error" and not re.search(expected_errors, message.text):
-            problems.append(f"console: {message.text}")
-
-    page.on("console", on_console)
-    try:
-        yield page
-    finally:
-        context.close()
-    assert problems == []
 
 
 @pytest.fixture
