@@ -175,7 +175,12 @@ class TestCreateRejects:
         response = client.post("/tasks", data=body, content_type="application/json")
 
         assert response.status_code == 413
-        assert response.json["status"] == "Request Entity Too Large"
+        assert response.json == {
+            "code": 413,
+            "status": "Request Entity Too Large",
+            "message": "The body is larger than 65536 bytes, the most this service reads.",
+            "errors": {},
+        }
         assert stored_count(app) == 0
 
 
@@ -189,38 +194,50 @@ class TestRead:
         assert response.json == created
 
     @pytest.mark.parametrize(
-        "path",
+        ("path", "message"),
         [
-            "/tasks/999",
-            "/tasks/0",
-            "/tasks/-1",
-            "/tasks/+1",
-            "/tasks/01",
-            "/tasks/0001",
-            "/tasks/abc",
-            "/tasks/1.5",
-            "/tasks/1/",
-            "/tasks//1",
-            "/tasks/%D9%A1",  # Arabic-Indic digit one
-            "/tasks/%EF%BC%91",  # fullwidth digit one
-            f"/tasks/{2**31}",
-            f"/tasks/{2**63 - 1}",
-            f"/tasks/{2**63}",
-            f"/tasks/{2**64}",
-            "/tasks/" + "9" * 400,
+            ("/tasks/999", "Task 999 does not exist."),
+            (f"/tasks/{2**31}", f"Task {2**31} does not exist."),
+            (f"/tasks/{2**63 - 1}", f"Task {2**63 - 1} does not exist."),
+            *[
+                (f"/tasks/{given}", f"Task ids are positive whole numbers, e.g. /tasks/7; {shown}")
+                for given, shown in [
+                    ("0", "'0' is not one."),
+                    ("-1", "'-1' is not one."),
+                    ("+1", "'+1' is not one."),
+                    ("01", "'01' is not one."),
+                    ("0001", "'0001' is not one."),
+                    ("abc", "'abc' is not one."),
+                    ("1.5", "'1.5' is not one."),
+                    ("%D9%A1", "'\u0661' is not one."),  # Arabic-Indic digit one
+                    ("%EF%BC%91", "'\uff11' is not one."),  # fullwidth digit one
+                    ("x" * 100, f"'{'x' * 53}...' is not one."),
+                ]
+            ],
+            *[
+                (f"/tasks/{number}", f"No task has the number {number}: task ids are at most")
+                for number in (2**63, 2**64, "9" * 400)
+            ],
+            ("/tasks/1/", "No route /tasks/1/ (did you mean /tasks/1?)"),
+            ("/tasks//1", "No route /tasks//1 (did you mean /tasks/1?)"),
+            ("/tasks/", "No route /tasks/ (did you mean /tasks?)"),
+            ("/TASKS/1", "No route /TASKS/1 (did you mean /tasks/1?)"),
+            ("/tasks/1/run", "No route /tasks/1/run; the API's routes are listed at /docs."),
         ],
     )
-    def test_unknown_or_malformed_id(self, client: FlaskClient, path: str):
+    def test_unknown_or_malformed_id(self, client: FlaskClient, path: str, message: str):
         create(client)  # task 1 exists: none of these paths may reach it
         response = client.get(path)
 
         assert response.status_code == 404
+        assert response.json == {
+            "code": 404,
+            "status": "Not Found",
+            "message": response.json["message"],
+            "errors": {},
+        }
+        assert response.json["message"].startswith(message)
         assert client.delete(path).status_code in (404, 405)
-        assert response.json["code"] == 404
-        assert response.json["message"]
-
-    def test_unknown_id_says_which(self, client: FlaskClient):
-        assert client.get("/tasks/999").json["message"] == "Task 999 does not exist."
 
 
 class TestList:
@@ -335,7 +352,8 @@ class TestProtocol:
 
         assert response.status_code == 405
         assert response.json["code"] == 405
-        assert response.is_json
+        assert response.json["message"].startswith(f"{method.upper()} is not allowed on {path}")
+        assert response.json["errors"] == {}
         assert method.upper() not in response.headers["Allow"]
         assert "GET" in response.headers["Allow"]
 
@@ -343,7 +361,50 @@ class TestProtocol:
         response = client.get("/nowhere")
 
         assert response.status_code == 404
-        assert response.is_json
+        assert response.json == {
+            "code": 404,
+            "status": "Not Found",
+            "message": "No route /nowhere; the API's routes are listed at /docs.",
+            "errors": {},
+        }
+
+    @pytest.mark.parametrize(
+        ("method", "path", "options", "status"),
+        [
+            ("post", "/tasks", {"data": "x", "content_type": "text/plain"}, 415),
+            ("post", "/tasks", {"data": "{", "content_type": "application/json"}, 400),
+            ("post", "/tasks", {"json": {"duration": -1}}, 422),
+            ("get", "/tasks?page=0", {}, 422),
+            ("get", "/tasks/7", {}, 404),
+            ("delete", "/tasks/7", {}, 404),
+            ("put", "/tasks", {}, 405),
+        ],
+    )
+    def test_every_error_has_the_documented_shape(
+        self, client: FlaskClient, method: str, path: str, options: dict, status: int
+    ):
+        response = getattr(client, method)(path, **options)
+
+        assert response.status_code == status
+        assert set(response.json) == {"code", "status", "message", "errors"}
+        assert response.json["code"] == status
+        assert isinstance(response.json["errors"], dict)
+        assert response.json["message"]
+
+    def test_a_cancel_too_late_has_the_documented_shape(self, client: FlaskClient, app: Flask):
+        task = create(client)
+        client.delete(f"/tasks/{task['id']}")
+
+        response = client.delete(f"/tasks/{task['id']}")
+
+        assert response.status_code == 409
+        assert response.json == {
+            "code": 409,
+            "status": "Conflict",
+            "message": f"Task {task['id']} is 'Cancelled'; only a task that is 'In Queue' can be"
+            " cancelled.",
+            "errors": {},
+        }
 
     def test_openapi_document(self, client: FlaskClient):
         spec = client.get("/openapi.json").json

@@ -37,6 +37,7 @@ def test_an_unexpected_error_is_a_json_500_without_details(
             "The server encountered an internal error and was unable to complete your request."
             " Either the server is overloaded or there is an error in the application."
         ),
+        "errors": {},
     }
     assert b"internal detail" not in response.data
     assert b"Traceback" not in response.data

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import logging
-from importlib.resources import files
 from http import HTTPStatus
+from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint as FlaskBlueprint
-from flask import Flask, Response, request, send_from_directory
+from flask import Flask, Response, current_app, request, send_from_directory
 from flask_smorest import Api as SmorestApi
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from taskservice.api import auth, dashboard, health, requests, tasks
 from taskservice.api import metrics as metrics_api
 from taskservice.api.jsonprovider import OrjsonProvider
-from taskservice.api.parsing import TaskIdConverter, task_id_schema
+from taskservice.api.parsing import (
+    TaskIdConverter,
+    body_too_large,
+    explain_unknown_path,
+    task_id_schema,
+)
+from taskservice.api.schemas import ErrorSchema
 from taskservice.errors import (
     RETRY_AFTER_SECONDS,
     QueueFull,
@@ -51,18 +57,34 @@ API_SETTINGS: dict[str, Any] = {
 
 
 class Api(SmorestApi):
-    """flask-smorest's Api whose every error carries a message."""
+    """flask-smorest's Api whose every error carries a message and `errors`."""
+
+    ERROR_SCHEMA = ErrorSchema
 
     def handle_http_exception(self, error: HTTPException) -> Any:
-        """Answer any HTTP error as JSON `{code, status, message[, errors]}`."""
+        """Answer any HTTP error as JSON `{code, status, message, errors}`."""
         payload, code, headers = super().handle_http_exception(error)
         # Keep the exception's own headers, such as Allow on a 405.
         own = {name: value for name, value in error.get_headers() if name != "Content-Type"}
         headers = {**own, **(headers or {})}
         if "errors" in payload and "message" not in payload:
             payload["message"] = _INVALID_INPUT.get(code, error.description)
-        payload.setdefault("message", error.description)
+        payload.setdefault("message", _explain(error))
+        payload.setdefault("errors", {})
         return payload, code, headers
+
+
+def _explain(error: HTTPException) -> str | None:
+    """A message for an error that the request's routing or size raised, not the app."""
+    if isinstance(error, NotFound) and request.url_rule is None:
+        routes = current_app.url_map.bind("")
+        return explain_unknown_path(request.path, request.method, routes)
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        allowed = ", ".join(sorted(error.valid_methods))
+        return f"{request.method} is not allowed on {request.path}; it takes {allowed}."
+    if isinstance(error, RequestEntityTooLarge) and request.max_content_length is not None:
+        return body_too_large(request.max_content_length)
+    return error.description
 
 
 # Messages for webargs' validation errors, whose details are in "errors".
@@ -85,7 +107,12 @@ def handle_task_error(
 ) -> tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]:
     """Answer one of the service's own errors in flask-smorest's error shape."""
     status = ERROR_STATUS[type(error)]
-    body = {"code": status.value, "status": status.phrase, "message": str(error)}
+    body: dict[str, Any] = {
+        "code": status.value,
+        "status": status.phrase,
+        "message": str(error),
+        "errors": {},
+    }
     if isinstance(error, QueueFull):
         return body, status.value, {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return body, status.value
@@ -103,7 +130,12 @@ def handle_database_error(error: OperationalError) -> Any:
     logger.error("database error during %s %s", request.method, request.path, exc_info=error)
     status = HTTPStatus.SERVICE_UNAVAILABLE
     message = f"The database is unavailable; try again in {RETRY_AFTER_SECONDS} s."
-    body = {"code": status.value, "status": status.phrase, "message": message}
+    body: dict[str, Any] = {
+        "code": status.value,
+        "status": status.phrase,
+        "message": message,
+        "errors": {},
+    }
     return body, status.value, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 

@@ -52,6 +52,7 @@ blp = Blueprint("overview", __name__, description="A snapshot of the queue, for 
 class Overview(MethodView):
     """The queue at this moment."""
 
+    @blp.doc(operationId="get_overview")
     @blp.response(200, OverviewSchema)
     @unauthorized(blp)
     @unavailable(blp)

@@ -17,7 +17,8 @@ blp = Blueprint("health", __name__, description="Liveness of the database and th
 class Health(MethodView):
     """The service's health."""
 
-    @blp.doc(security=[])  # open even when the /tasks endpoints need a token
+    # Open even when the /tasks endpoints need a token.
+    @blp.doc(operationId="get_health", security=[])
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="Database or a worker is down.")
     def get(self) -> tuple[dict[str, Any], int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import marshmallow as ma
@@ -11,7 +12,7 @@ from flask_smorest import abort
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import IntegerConverter, Map
+from werkzeug.routing import IntegerConverter, Map, MapAdapter
 
 # The largest integer SQLite and PostgreSQL store; a larger number is no task.
 MAX_TASK_ID = 2**63 - 1
@@ -35,6 +36,35 @@ def task_id_schema(_converter: TaskIdConverter) -> dict[str, Any]:
     return {"type": "integer", "minimum": 1, "maximum": MAX_TASK_ID}
 
 
+# How much of a client's path an error message repeats.
+_ECHO_LIMIT = 60
+_TASK_PATH = re.compile(r"/tasks/([^/]+)")
+
+
+def explain_unknown_path(path: str, method: str, routes: MapAdapter) -> str:
+    """Why `path` names no endpoint, and the path the client probably meant."""
+    shown = path if len(path) <= _ECHO_LIMIT else path[:_ECHO_LIMIT] + "..."
+    task = _TASK_PATH.fullmatch(path)
+    if task is not None:
+        given = task.group(1)
+        if given.isascii() and given.isdigit() and given[0] != "0":
+            return f"No task has the number {given}: task ids are at most {MAX_TASK_ID}."
+        return (
+            f"Task ids are positive whole numbers, e.g. /tasks/7; {shown[len('/tasks/') :]!r}"
+            " is not one."
+        )
+    tidy = re.sub("/{2,}", "/", path).rstrip("/")
+    for candidate in (tidy, tidy.lower()):
+        if candidate and candidate != path and routes.test(candidate, method):
+            return f"No route {shown} (did you mean {candidate}?)"
+    return f"No route {shown}; the API's routes are listed at /docs."
+
+
+def body_too_large(limit: int) -> str:
+    """The message of a 413."""
+    return f"The body is larger than {limit} bytes, the most this service reads."
+
+
 def read_body(request: Request) -> bytes:
     """The whole request body; 413 if it is over the limit, 400 if it cannot be read."""
     try:
@@ -48,7 +78,7 @@ def read_body(request: Request) -> bytes:
     # first, and its reader silently stops at the limit: a body that reaches
     # it may have been cut short.
     if request.content_length is None and limit is not None and len(data) >= limit:
-        abort(413, message=f"The body is larger than {limit} bytes.")
+        abort(413, message=body_too_large(limit))
     return data
 
 

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from flask_smorest import Blueprint
-from flask_smorest.error_handler import ErrorSchema
+
+from taskservice.api.schemas import ErrorSchema
 
 RETRY_AFTER_HEADER = {
     "Retry-After": {

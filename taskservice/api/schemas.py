@@ -37,6 +37,32 @@ class StrictFloat(fields.Float):
         return number + 0.0  # -0.0 would be stored and echoed back as "-0.0"
 
 
+class ErrorSchema(Schema):
+    """Every error answer: what went wrong, and which input if one is to blame."""
+
+    code = fields.Integer(
+        required=True, metadata={"description": "The HTTP status code.", "example": 404}
+    )
+    status = fields.String(
+        required=True, metadata={"description": "Its reason phrase.", "example": "Not Found"}
+    )
+    message = fields.String(
+        required=True,
+        metadata={
+            "description": "What was wrong, and what to do about it.",
+            "example": "Task 7 does not exist.",
+        },
+    )
+    errors = fields.Dict(
+        required=True,
+        metadata={
+            "description": "Each invalid input by location (json, query, path) and name, with"
+            " what is wrong with it; empty when no single input is to blame.",
+            "example": {"json": {"duration": ["Must be greater than or equal to 0."]}},
+        },
+    )
+
+
 class TaskCreateSchema(Schema):
     """The body of POST /tasks; every field is optional."""
 
@@ -77,26 +103,71 @@ class TaskSchema(Schema):
         # exception, for every field of every task.
         return getattr(obj, attr, default)
 
-    id = fields.Integer(metadata={"description": "The task's number."})
-    name = fields.String(allow_none=True)
-    priority = fields.Enum(TaskPriority, by_value=True)
-    duration = fields.Float(metadata={"description": "Seconds the task runs."})
-    status = fields.Enum(TaskStatus, by_value=True)
-    create_time = fields.AwareDateTime(metadata={"description": "When it was created (UTC)."})
+    # Every field is in every answer (`required`), null where it says so, so a
+    # generated client types `id` as an int, not as "int or unset".
+    id = fields.Integer(required=True, metadata={"description": "The task's number.", "example": 7})
+    name = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Its name; null if it was given none.",
+            "example": "nightly report",
+        },
+    )
+    priority = fields.Enum(
+        TaskPriority, by_value=True, required=True, metadata={"type": "string", "example": "medium"}
+    )
+    duration = fields.Float(
+        required=True, metadata={"description": "Seconds the task runs.", "example": 3}
+    )
+    status = fields.Enum(
+        TaskStatus,
+        by_value=True,
+        required=True,
+        metadata={
+            "type": "string",
+            "description": "In Queue, then Run, then Completed or Failed; Cancelled if it"
+            " was cancelled while queued.",
+            "example": "In Queue",
+        },
+    )
+    create_time = fields.AwareDateTime(
+        required=True,
+        metadata={
+            "description": "When it was created (UTC).",
+            "example": "2026-12-01T10:00:00+00:00",
+        },
+    )
     start_time = fields.AwareDateTime(
-        allow_none=True, metadata={"description": "When its current attempt started."}
+        required=True,
+        allow_none=True,
+        metadata={"description": "When its current attempt started; null until it starts."},
     )
     time_to_execute = fields.Float(
         attribute="exec_time",
+        required=True,
         allow_none=True,
         metadata={"description": "Seconds its run took; null until it has finished."},
     )
-    finish_time = fields.AwareDateTime(allow_none=True)
-    error = fields.String(allow_none=True, metadata={"description": "Why it failed."})
+    finish_time = fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When it finished, failed or was cancelled; null before."},
+    )
+    error = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Why it failed; null unless it failed."},
+    )
     attempts = fields.Integer(
-        metadata={"description": "How many times it was started; more than 1 after a crash."}
+        required=True,
+        metadata={
+            "description": "How many times it was started; more than 1 after a crash.",
+            "example": 0,
+        },
     )
     slot = fields.Integer(
+        required=True,
         allow_none=True,
         metadata={
             "description": "The worker slot (1 to the concurrency) of its current attempt;"
@@ -115,16 +186,26 @@ class TaskFilterSchema(Schema):
 class HealthSchema(Schema):
     """Whether the service can take and run tasks."""
 
-    status = fields.String(metadata={"description": "'ok' or 'unavailable'."})
-    database = fields.String(metadata={"description": "'ok' or the error."})
-    workers_alive = fields.Integer()
-    workers_expected = fields.Integer()
+    status = fields.String(
+        required=True, metadata={"description": "'ok' or 'unavailable'.", "example": "ok"}
+    )
+    database = fields.String(
+        required=True, metadata={"description": "'ok' or the error.", "example": "ok"}
+    )
+    workers_alive = fields.Integer(required=True, metadata={"example": 2})
+    workers_expected = fields.Integer(required=True, metadata={"example": 2})
     workers_stuck = fields.List(
         fields.String(),
+        required=True,
         metadata={"description": "Workers retrying a database error for over 10 s."},
     )
-    pool_lock = fields.String(metadata={"description": "'held' while this process owns the pool."})
-    queued = fields.Integer(metadata={"description": "Task numbers waiting in memory."})
+    pool_lock = fields.String(
+        required=True,
+        metadata={"description": "'held' while this process owns the pool.", "example": "held"},
+    )
+    queued = fields.Integer(
+        required=True, metadata={"description": "Task numbers waiting in memory.", "example": 0}
+    )
 
 
 class TimelineBarSchema(TaskSchema):
@@ -132,6 +213,12 @@ class TimelineBarSchema(TaskSchema):
 
     class Meta:
         fields = ("id", "slot", "status", "start_time", "finish_time")
+
+    # A bar is a task that ran and finished: neither time is ever null.
+    start_time = fields.AwareDateTime(
+        required=True, metadata={"description": "When its last attempt started."}
+    )
+    finish_time = fields.AwareDateTime(required=True, metadata={"description": "When it ended."})
 
 
 class TimelineBars(fields.List[Any]):
@@ -160,35 +247,45 @@ class TimelineBars(fields.List[Any]):
 class OverviewSchema(Schema):
     """A snapshot of the queue, as the dashboard shows it."""
 
-    time = fields.AwareDateTime(metadata={"description": "When the snapshot was taken (UTC)."})
-    concurrency = fields.Integer(metadata={"description": "How many tasks may run at once."})
+    time = fields.AwareDateTime(
+        required=True, metadata={"description": "When the snapshot was taken (UTC)."}
+    )
+    concurrency = fields.Integer(
+        required=True, metadata={"description": "How many tasks may run at once."}
+    )
     time_scale = fields.Float(
-        metadata={"description": "A task runs for duration x time_scale seconds."}
+        required=True, metadata={"description": "A task runs for duration x time_scale seconds."}
     )
     counts = fields.Dict(
+        required=True,
         keys=fields.String(),
         values=fields.Integer(),
         metadata={"description": "How many tasks there are of each status."},
     )
     running = fields.List(
         fields.Nested(TaskSchema),
+        required=True,
         metadata={"description": "Every task in Run, by slot (at most 128)."},
     )
     queue_head = fields.List(
         fields.Nested(TaskSchema),
+        required=True,
         metadata={"description": "The next 10 tasks to run, in the order they will run."},
     )
     recent = fields.List(
         fields.Nested(TaskSchema),
+        required=True,
         metadata={"description": "The 10 latest tasks to finish, of those that ran."},
     )
     timeline_since = fields.AwareDateTime(
+        required=True,
         metadata={
             "description": "The start of the time the timeline covers: three minutes before"
             " the snapshot, or less when more than 400 tasks ran in them."
-        }
+        },
     )
     timeline = TimelineBars(
+        required=True,
         metadata={
             "description": "The tasks that ran and finished since timeline_since, latest first"
             " (at most 400); the running ones are in `running`."

@@ -8,12 +8,11 @@ from typing import Any
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from flask_smorest.error_handler import ErrorSchema
 from flask_smorest.pagination import PaginationParameters
 
 from taskservice.api.parsing import JSONBodyParser, SchemaParser
 from taskservice.api.responses import RETRY_AFTER_HEADER, unauthorized, unavailable
-from taskservice.api.schemas import TaskCreateSchema, TaskFilterSchema, TaskSchema
+from taskservice.api.schemas import ErrorSchema, TaskCreateSchema, TaskFilterSchema, TaskSchema
 from taskservice.extension import get_extension
 from taskservice.models import TaskRow
 
@@ -88,6 +87,7 @@ def refuse_repeated_query_parameters() -> None:
 class Tasks(MethodView):
     """The collection of tasks."""
 
+    @blp.doc(operationId="list_tasks")
     @blp.arguments(TaskFilterSchema, location="query")
     @blp.response(200, TaskSchema(many=True))
     @UNAUTHORIZED
@@ -109,6 +109,7 @@ class Tasks(MethodView):
         pagination_parameters.item_count = total
         return page
 
+    @blp.doc(operationId="create_task")
     @blp.arguments(TaskCreateSchema, required=False)
     @blp.response(201, TaskSchema, headers=LOCATION_HEADER)
     @UNAUTHORIZED
@@ -138,6 +139,7 @@ class Tasks(MethodView):
 class TaskView(MethodView):
     """One task."""
 
+    @blp.doc(operationId="get_task")
     @blp.response(200, TaskSchema)
     @UNAUTHORIZED
     @UNAVAILABLE
@@ -146,6 +148,7 @@ class TaskView(MethodView):
         """Read a task's status and timings"""
         return get_extension().service.get(task_id)
 
+    @blp.doc(operationId="cancel_task")
     @blp.response(200, TaskSchema)
     @UNAUTHORIZED
     @UNAVAILABLE
