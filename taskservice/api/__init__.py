@@ -51,7 +51,9 @@ API_SETTINGS: dict[str, Any] = {
     "API_SPEC_OPTIONS": {
         "info": {
             "description": "Create tasks, poll their status and timings; at most two run at once."
-        }
+        },
+        # Relative: the service that serves this document, wherever it is reached.
+        "servers": [{"url": "/", "description": "This service"}],
     },
 }
 
@@ -183,6 +185,8 @@ def init_app(app: Flask, metrics: Metrics) -> Api:
         api.spec.options["security"] = [{auth.SCHEME_NAME: []}]  # /health opts out
         protected = {tasks.blp.name, dashboard.blp.name}
         app.before_request(auth.token_check(token, blueprints=protected))
+    else:
+        api.spec.options["security"] = []  # said outright: no endpoint needs a token
     api.register_converter(TaskIdConverter, task_id_schema)
     api.register_blueprint(tasks.blp)
     api.register_blueprint(health.blp)

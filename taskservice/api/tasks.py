@@ -27,17 +27,10 @@ class TaskBlueprint(Blueprint):
         """Document X-Pagination as what it is: a header whose value is a JSON object."""
         # flask-smorest gives the header an object schema, which says the header's
         # text itself is an object; OpenAPI describes a JSON value with content.
-        fields = ["total", "total_pages", "first_page", "last_page", "page"]
-        fields += ["previous_page", "next_page"]
         resp_doc.setdefault("headers", {})[self.PAGINATION_HEADER_NAME] = {
             "description": "Pagination metadata, a JSON object.",
             "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {name: {"type": "integer"} for name in fields},
-                    }
-                }
+                "application/json": {"schema": {"$ref": "#/components/schemas/PaginationMetadata"}}
             },
         }
 
