@@ -17,10 +17,17 @@ $(BIN)/.runtime: requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(BIN)/.dev: requirements.txt requirements-dev.txt
+# The Node tools (the OpenAPI linter) come from package-lock.json. Without npm
+# their tests skip, and the stamp stays unset so that a later run installs them.
+$(BIN)/.dev: requirements.txt requirements-dev.txt package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $(BIN)/.runtime $@
+	touch $(BIN)/.runtime
+	@if command -v npm >/dev/null; then \
+		echo "npm ci --no-audit --no-fund" && npm ci --no-audit --no-fund && touch $@; \
+	else \
+		echo "npm not found: the OpenAPI lint test will skip; install Node.js 20.19+ and npm" >&2; \
+	fi
 
 run: $(BIN)/.runtime  ## Start the service (default http://127.0.0.1:8000/docs; set HOST, PORT)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
@@ -44,5 +51,5 @@ format: $(BIN)/.dev  ## Reformat and fix what ruff can
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-clean:  ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean:  ## Remove the virtual environment, node_modules and caches
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
