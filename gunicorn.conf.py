@@ -2,6 +2,8 @@
 
 import os
 
+from taskservice.config import load_config
+from taskservice.errors import ConfigError
 from taskservice.extension import EXTENSION_KEY
 from taskservice.logs import LOG_FORMATS, logging_config
 
@@ -11,6 +13,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 def _refuse(message: str) -> None:
     raise SystemExit(f"taskservice: {message}")
 
+
+# The service's own settings are checked here too, in the master, so that a
+# bad one stops the server with its message before it listens; the worker
+# reads them again (the instance path only names the default database file).
+try:
+    load_config(os.environ, instance_path="instance")
+except ConfigError as error:
+    _refuse(str(error))
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 

@@ -55,8 +55,41 @@ def test_second_process_refuses_to_start(make_app: AppFactory, database_url: str
         check=False,
     )
 
-    assert result.returncode != 0
-    assert "DatabaseInUse: another process runs the task pool on this database" in result.stderr
+    # gunicorn stops at a worker that exits with 3 while booting, instead of restarting it.
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # no traceback
+    assert lines[0].startswith(
+        "taskservice cannot start: another process runs the task pool on this database ("
+    )
+    assert lines[0].endswith("); stop that process first, or set DATABASE_URL to another database")
+
+
+def test_a_database_it_may_not_write_stops_it_with_one_line(tmp_path: Path):
+    # Tests run as root, whom file modes do not stop: the refusal is raised instead.
+    script = (
+        "import app\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise PermissionError(13, 'Permission denied', '/data/tasks.sqlite3.pool.lock')\n"
+        "app.create_app = refuse\n"
+        "import wsgi\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.sqlite3'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "taskservice cannot start: [Errno 13] Permission denied:"
+        f" '/data/tasks.sqlite3.pool.lock'; this process runs as uid {os.getuid()}, which must"
+        " be able to write the database's directory"
+    ]
 
 
 def test_each_database_gets_its_kind_of_lock(database_url: str):

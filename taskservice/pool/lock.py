@@ -69,7 +69,7 @@ def pool_lock_for(db: Database, timeout: float) -> PoolLock:
 def _in_use(where: str, timeout: float) -> DatabaseInUse:
     return DatabaseInUse(
         f"another process runs the task pool on this database ({where} held for more than "
-        f"{timeout:g} s); run one process per database"
+        f"{timeout:g} s); stop that process first, or set DATABASE_URL to another database"
     )
 
 
