@@ -252,10 +252,15 @@ def operations(client: ModuleType) -> dict[str, ModuleType]:
     }
 
 
+def type_hints(client: ModuleType, owner: Any) -> dict[str, Any]:
+    """The annotations of a generated function or model, resolved."""
+    namespace = {**vars(client.models), "Unset": client.types.Unset}
+    return typing.get_type_hints(owner, localns=namespace)
+
+
 def enum_type(client: ModuleType, owner: Any, name: str) -> type[Enum]:
     """The enum that the generated `owner` (a function or a model) takes for `name`."""
-    namespace = {**vars(client.models), "Unset": client.types.Unset}
-    hint = typing.get_type_hints(owner, localns=namespace)[name]
+    hint = type_hints(client, owner)[name]
     (choice,) = [
         arg
         for arg in typing.get_args(hint) or (hint,)
@@ -265,13 +270,18 @@ def enum_type(client: ModuleType, owner: Any, name: str) -> type[Enum]:
 
 
 def assert_complete(client: ModuleType, model: Any) -> None:
-    """Every field of a generated model is set, and the answer held no undocumented field."""
-    unset = [
+    """Every field of a generated model is required, so typed without Unset, and is set."""
+    hints = type_hints(client, type(model))
+    optional = [
         field.name
         for field in attrs.fields(type(model))
-        if isinstance(getattr(model, field.name), client.types.Unset)
+        if field.name != "additional_properties"
+        and (
+            client.types.Unset in typing.get_args(hints[field.name])
+            or isinstance(getattr(model, field.name), client.types.Unset)
+        )
     ]
-    assert unset == [], f"{type(model).__name__}: not required in the document"
+    assert optional == [], f"{type(model).__name__}: not required in the document"
     # A schema with additionalProperties: false has no such attribute; schemathesis
     # checks that answers keep to it.
     extra = getattr(model, "additional_properties", {})
@@ -283,6 +293,7 @@ def assert_error(client: ModuleType, response: Any, code: int) -> None:
     assert response.status_code == code
     error = response.parsed
     assert isinstance(error, client.models.Error), error
+    assert_complete(client, error)
     assert error.code == code
     assert isinstance(error.status, str)
     assert isinstance(error.message, str)
