@@ -45,7 +45,7 @@ class Metrics:
         )
         self.wait = Histogram(
             "taskservice_task_wait_seconds",
-            "From a task's creation to the start of its run.",
+            "From a task's creation to the start of its first run.",
             buckets=_SECONDS,
             registry=self.registry,
         )

@@ -113,16 +113,23 @@ class TaskRunner:
         self.stopping.set()
 
     def _run(self, worker: str, task: TaskRow) -> None:
-        waited = (task.start_time or task.create_time) - task.create_time
-        logger.info(
-            "%s: task %s started (attempt %d, waited %.3f s)",
-            worker,
-            task.id,
-            task.attempts,
-            waited.total_seconds(),
-        )
-        if self._metrics is not None:
-            self._metrics.task_started(waited.total_seconds())
+        since_created = ((task.start_time or task.create_time) - task.create_time).total_seconds()
+        if task.attempts == 1:
+            logger.info(
+                "%s: task %s started (attempt 1, waited %.3f s)", worker, task.id, since_created
+            )
+            if self._metrics is not None:
+                self._metrics.task_started(since_created)
+        else:
+            # A rerun's time since creation includes the run that was cut short:
+            # it is no wait, and the wait histogram counts first attempts only.
+            logger.info(
+                "%s: task %s started again (attempt %d, created %.3f s ago)",
+                worker,
+                task.id,
+                task.attempts,
+                since_created,
+            )
         started = self._clock()
         error = None
         try:

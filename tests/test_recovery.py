@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from taskservice.extension import get_extension
@@ -12,7 +15,9 @@ from tests.conftest import AppFactory
 from tests.helpers import all_tasks, wait_for
 
 
-def test_tasks_left_running_and_queued_all_run_after_restart(make_app: AppFactory):
+def test_tasks_left_running_and_queued_all_run_after_restart(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+):
     dead = make_app(start_pool=False)
     client = dead.test_client()
     ids = [client.post("/tasks", json={"duration": 1}).json["id"] for _ in range(5)]
@@ -24,12 +29,20 @@ def test_tasks_left_running_and_queued_all_run_after_restart(make_app: AppFactor
             .values(status=TaskStatus.RUN, attempts=1, start_time=utcnow() - timedelta(seconds=5))
         )
 
-    restarted = make_app()
-    wait_for(lambda: all(task.status.is_final for task in all_tasks(restarted)))
+    with caplog.at_level(logging.INFO, logger="taskservice"):
+        restarted = make_app()
+        wait_for(lambda: all(task.status.is_final for task in all_tasks(restarted)))
 
     tasks = {task.id: task for task in all_tasks(restarted)}
     assert {task.status for task in tasks.values()} == {TaskStatus.COMPLETED}
     assert [tasks[task_id].attempts for task_id in ids] == [2, 2, 1, 1, 1]
+    # A rerun's time since creation includes the run cut short: it is not called a wait.
+    for task_id in ids[:2]:
+        assert re.search(
+            rf"task {task_id} started again \(attempt 2, created [0-9.]+ s ago\)", caplog.text
+        )
+    for task_id in ids[2:]:
+        assert re.search(rf"task {task_id} started \(attempt 1, waited [0-9.]+ s\)", caplog.text)
 
 
 def test_numbers_continue_after_restart(make_app: AppFactory):
