@@ -1,4 +1,4 @@
-# taskservice: docker build -t taskservice . && docker run -p 8000:8000 -v tasks:/data taskservice
+# taskservice: docker build -t taskservice . && docker run -p 8000:8000 -v taskservice-data:/data taskservice
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

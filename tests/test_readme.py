@@ -1,0 +1,71 @@
+"""The README's examples, run as a reader would run them, against a real gunicorn."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server import ROOT, Server
+
+README = ROOT / "README.md"
+# What the README's examples talk to: `make run`'s address.
+README_BASE = "http://127.0.0.1:8000"
+
+# Every curl of the examples must succeed: an answer of 4xx or 5xx ends the script.
+STRICT_CURL = 'curl() { command curl --silent --show-error --fail-with-body "$@"; echo; }\n'
+
+
+def readme_examples() -> str:
+    """The shell block that the README says works in order on a fresh service."""
+    text = README.read_text()
+    after = text.split("These work in order on a service just started with `make run`:", 1)[1]
+    match = re.match(r"\s*```sh\n(.*?)```", after, re.DOTALL)
+    assert match, "the README's examples are not a sh block right after their heading"
+    return match.group(1)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    # Real time: the examples' tasks of a minute must still be running or queued.
+    server = Server(
+        f"sqlite:///{tmp_path / 'tasks.sqlite3'}",
+        tmp_path / "gunicorn.log",
+        TASKSERVICE_TIME_SCALE="1",
+    )
+    try:
+        server.start().wait_healthy()
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the examples need curl")
+def test_the_readme_examples_work_in_order_on_a_fresh_service(fresh_server: Server):
+    script = readme_examples().replace(README_BASE, fresh_server.base)
+    assert fresh_server.base in script
+
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", STRICT_CURL + script + 'echo "cancelled $id"\n'],
+        # The examples' `python3` is the Python that runs the tests.
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    cancelled = int(result.stdout.strip().splitlines()[-1].removeprefix("cancelled "))
+    status, task = fresh_server.request("GET", f"/tasks/{cancelled}")
+    assert status == 200
+    assert task["status"] == "Cancelled"
+    assert task["name"] == "long one"
+    assert '"status":"In Queue"' in result.stdout  # GET /tasks/$id, before the cancel
