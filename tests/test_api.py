@@ -284,6 +284,11 @@ class TestList:
             ("page_size=0", "page_size"),
             ("page=0", "page"),
             ("page=abc", "page"),
+            ("page=%E0%A5%A8", "page"),  # Devanagari digit two
+            ("page_size=%EF%BC%95", "page_size"),  # fullwidth digit five
+            ("page=1_0", "page"),
+            ("page=%201", "page"),
+            ("page_size=5.0", "page_size"),
         ],
     )
     def test_bad_query(self, client: FlaskClient, query: str, field: str):

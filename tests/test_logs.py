@@ -42,7 +42,27 @@ def test_each_request_is_logged_with_its_id(client: FlaskClient, caplog: pytest.
 
     lines = [r.getMessage() for r in caplog.records if r.name == "taskservice.api.requests"]
     assert len(lines) == 1
-    assert re.fullmatch(r"POST /tasks\?x=1 201 \d+\.\d ms \(request req-1\)", lines[0])
+    assert re.fullmatch(r"POST /tasks\?x=\*\*\* 201 \d+\.\d ms \(request req-1\)", lines[0])
+
+
+@pytest.mark.parametrize(
+    ("query", "logged"),
+    [
+        ("access_token=s3cr3t-t0ken", "access_token=***"),
+        ("status=Run&api_key=s3cr3t-t0ken&page=2", "status=Run&api_key=***&page=2"),
+        ("token=s3cr3t-t0ken&token=s3cr3t-t0ken", "token=***&token=***"),
+        ("page_size=5&x=%73%33cr3t-t0ken", "page_size=5&x=***"),
+    ],
+)
+def test_a_secret_in_the_query_string_never_reaches_the_log(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, query: str, logged: str
+):
+    with caplog.at_level(logging.INFO, logger="taskservice"):
+        client.get(f"/tasks?{query}")
+
+    assert "s3cr3t" not in caplog.text
+    lines = [r.getMessage() for r in caplog.records if r.name == "taskservice.api.requests"]
+    assert lines[0].startswith(f"GET /tasks?{logged} 200 ")
 
 
 def test_json_logs_are_one_object_per_line_with_the_request_id(tmp_path: Path):

@@ -6,8 +6,10 @@ import logging
 import re
 import time
 import uuid
+from urllib.parse import urlencode
 
 from flask import Flask, Response, g, request
+from werkzeug.datastructures import MultiDict
 
 from taskservice.metrics import Metrics
 
@@ -15,6 +17,22 @@ logger = logging.getLogger(__name__)
 
 # A caller's own id is kept if it is short and plain (it goes into every log line).
 _CALLERS_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The query parameters whose values the log shows: the API's own, which hold no
+# secret. Any other value (`?access_token=...`, `?api_key=...`) is masked.
+_LOGGED_PARAMETERS = frozenset({"status", "priority", "page", "page_size"})
+_MASK = "***"
+
+
+def logged_path(path: str, query: MultiDict[str, str]) -> str:
+    """The request's path and query for the log, with every value but the API's own masked."""
+    if not query:
+        return path
+    shown = [
+        (name, value if name in _LOGGED_PARAMETERS else _MASK)
+        for name, values in query.lists()
+        for value in values
+    ]
+    return f"{path}?{urlencode(shown, safe='*')}"
 
 
 def init_app(app: Flask, metrics: Metrics) -> None:
@@ -35,7 +53,7 @@ def init_app(app: Flask, metrics: Metrics) -> None:
             logger.info(
                 "%s %s %d %.1f ms (request %s)",
                 request.method,
-                request.full_path.rstrip("?"),
+                logged_path(request.path, request.args),
                 response.status_code,
                 seconds * 1000,
                 request_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,20 +60,30 @@ LOCATION_HEADER = {"Location": {"description": "The task's URL.", "schema": {"ty
 
 
 LIST_PARAMETERS = {"status", "priority", "page", "page_size"}
+# Python's int() also reads "1_0", " 7 " and the digits of other scripts ("२" is 2):
+# a page number is ASCII digits, with a sign for the range check to refuse.
+PAGE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 @blp.before_request
-def refuse_repeated_query_parameters() -> None:
-    """422 for `?page=1&page=2`: which one the client meant is a guess.
+def refuse_ambiguous_query_parameters() -> None:
+    """422 for `?page=1&page=2` (which one was meant is a guess) and for `?page=२`.
 
     Only the list's own parameters count; unknown ones are ignored, repeated or not.
     """
     for name in LIST_PARAMETERS & set(request.args):
-        if len(request.args.getlist(name)) > 1:
+        values = request.args.getlist(name)
+        if len(values) > 1:
             abort(
                 422,
                 message=f"The query parameter {name!r} is given more than once.",
                 errors={"query": {name: ["Given more than once."]}},
+            )
+        if name in ("page", "page_size") and not PAGE_NUMBER.fullmatch(values[0]):
+            abort(
+                422,
+                message=f"The query parameter {name!r} must be a whole number in ASCII digits.",
+                errors={"query": {name: ["Not a valid integer."]}},
             )
 
 
