@@ -8,12 +8,13 @@ the holder dies, even by SIGKILL.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from typing import Protocol
 
-from filelock import FileLock, Timeout
 from sqlalchemy import Connection, Integer, cast, create_engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -74,30 +75,96 @@ def _in_use(where: str, timeout: float) -> DatabaseInUse:
 
 
 class SQLiteFileLock:
-    """An exclusive `flock` on `<database file>.pool.lock`."""
+    """An exclusive `flock` on the database file itself.
+
+    Tied to the file, not to a name: a second pool is refused however the file
+    is reached (a symlink, a relative path, a hard link, a bind mount), and no
+    file beside it can be deleted to fool it. SQLite locks the same file with
+    POSIX record locks, which `flock` neither takes nor waits for on a local
+    file system (over NFS, Linux emulates `flock` with record locks: SQLite
+    does not belong on NFS anyway).
+    """
 
     can_be_lost = False
 
     def __init__(self, database_path: str, timeout: float) -> None:
-        self.path = f"{database_path}.pool.lock"
+        self.path = database_path
         self.timeout = timeout
-        self._lock = FileLock(self.path, timeout=timeout, thread_local=False)
+        self._file: _DatabaseFile | None = None
 
     def acquire(self) -> None:
-        """Take the lock file, waiting up to `timeout` s."""
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise _in_use(f"lock {self.path}", self.timeout) from None
-        logger.debug("pool lock %s acquired", self.path)
+        """Lock the database file, waiting up to `timeout` s for another holder to go."""
+        database_file = _DatabaseFile.of(self.path)
+        deadline = time.monotonic() + self.timeout
+        while not database_file.try_lock():
+            if time.monotonic() >= deadline:
+                raise _in_use(f"database file {self.path} locked", self.timeout)
+            time.sleep(ADVISORY_LOCK_POLL)
+        self._file = database_file
+        logger.debug("pool lock on %s acquired", self.path)
 
     def release(self) -> None:
-        """Unlock the lock file."""
-        self._lock.release()
+        """Unlock the database file."""
+        if self._file is not None:
+            self._file.unlock()
+            self._file = None
 
     def is_held(self) -> bool:
-        """Whether this process holds the lock file."""
-        return self._lock.is_locked
+        """Whether this lock holds the database file."""
+        return self._file is not None
+
+
+class _DatabaseFile:
+    """One database file (one inode) of this process, with the descriptor its lock is on.
+
+    The descriptor is never closed: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's own included. `flock` locks
+    belong to the descriptor, so two pools of one process would share one lock;
+    `locked` refuses the second.
+    """
+
+    _registry_lock = threading.Lock()
+    _files: dict[tuple[int, int], _DatabaseFile] = {}
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+        self.locked = False
+
+    @classmethod
+    def of(cls, path: str) -> _DatabaseFile:
+        """The file at `path` (created empty if missing, as SQLite would), by its inode."""
+        with cls._registry_lock:
+            try:
+                known = cls._files.get(_inode(os.stat(path)))
+            except FileNotFoundError:
+                known = None
+            if known is not None:
+                return known
+            descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            # A file replaced between the stat and the open keeps both descriptors open.
+            return cls._files.setdefault(_inode(os.fstat(descriptor)), cls(descriptor))
+
+    def try_lock(self) -> bool:
+        """Take the lock if neither this process nor another holds it."""
+        with self._registry_lock:
+            if self.locked:
+                return False
+            try:
+                fcntl.flock(self.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self.locked = True
+            return True
+
+    def unlock(self) -> None:
+        """Let another pool, of this process or another, take the lock."""
+        with self._registry_lock:
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+            self.locked = False
+
+
+def _inode(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
 
 
 # The held-lock check: this connection holds an advisory lock (it takes no other).
