@@ -168,6 +168,14 @@ def swagger_asset(filename: str) -> Response:
     return send_from_directory(SWAGGER_UI_DIST, filename, max_age=86_400)
 
 
+@swagger_assets.get("/favicon.ico")
+def favicon() -> Response:
+    """Swagger UI's icon: flask-smorest's page links none, so browsers ask for this one."""
+    return send_from_directory(
+        SWAGGER_UI_DIST, "favicon-32x32.png", mimetype="image/png", max_age=86_400
+    )
+
+
 def init_app(app: Flask, metrics: Metrics) -> Api:
     """Register the API's blueprints, error handlers, docs and /metrics on `app`."""
     for key, value in API_SETTINGS.items():
