@@ -27,7 +27,11 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 # One process by design: the task pool (and its limit of two running tasks)
 # lives in the worker process, and a database takes one pool only.
 workers = 1
-worker_class = "gthread"
+# gthread, with each request read in the worker's main loop before a thread takes it
+# (taskservice/worker.py): an idle or slow client holds no request thread, and one whose
+# request is not complete 10 s after its first byte is answered 408 and closed. gunicorn 27
+# has no setting for either.
+worker_class = "taskservice.worker.ThreadWorker"
 # Two request threads, chosen by measurement (docs/benchmarks.md): the threads
 # share one interpreter lock, so one thread answered ~15 % more requests than
 # two and four ~15 % fewer; two keep the service answering while one request
