@@ -17,6 +17,7 @@ from taskservice.models import TaskStatus
 from taskservice.pool import LockWatchdog, WorkerPool, pool_lock_for, wait_out_lost_holder
 from taskservice.runner import TaskRunner, sleep_body
 from taskservice.service import TaskService
+from taskservice.startup import Startup
 
 # Bodies larger than this are refused with 413; a task's fields fit in far less.
 MAX_BODY_BYTES = 64 * 1024
@@ -47,37 +48,35 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         app.config["DATABASE_URL"],
         sqlite_synchronous=app.config["TASKSERVICE_SQLITE_SYNCHRONOUS"],
     )
-    pool = None
+    pool = build_task_pool(app.config, db, metrics) if start_pool else None
+    service = TaskService(
+        db,
+        submit=None if pool is None else pool.workers.submit,
+        max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
+        metrics=metrics,
+    )
+    metrics.watch_database(service.count_by_status)
+    startup = Startup(lambda: start_service(db, service, pool))
+    extension = TaskServiceExtension(
+        db=db,
+        service=service,
+        concurrency=app.config["TASKSERVICE_CONCURRENCY"],
+        startup=startup,
+        pool=pool,
+    )
     try:
-        # The pool lock first: a migration must not change the schema under
-        # another process's running pool.
-        pool = open_task_pool(app.config, db, metrics) if start_pool else None
-        db.upgrade_schema()
-        service = TaskService(
-            db,
-            submit=None if pool is None else pool.workers.submit,
-            max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
-            metrics=metrics,
-        )
-        metrics.watch_database(service.count_by_status)
-        if pool is not None:
-            start_task_pool(pool, service)
+        startup.run()  # now, or in the background while the database does not answer
     except BaseException:
-        if pool is not None:
-            pool.lock.release()
         db.dispose()
         raise
     app.teardown_appcontext(lambda _exc: db.remove_session())
-    app.extensions[EXTENSION_KEY] = TaskServiceExtension(
-        db=db, service=service, concurrency=app.config["TASKSERVICE_CONCURRENCY"], pool=pool
-    )
+    app.extensions[EXTENSION_KEY] = extension
     return app
 
 
-def open_task_pool(config: Config, db: Database, metrics: Metrics | None = None) -> Pool:
-    """Take the database's pool lock and build the workers, not started yet."""
+def build_task_pool(config: Config, db: Database, metrics: Metrics | None = None) -> Pool:
+    """The pool lock and the workers, neither taken nor started yet."""
     lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
-    lock.acquire()
     watchdog = LockWatchdog(lock)  # started by the server process (gunicorn.conf.py)
     body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
     runner = TaskRunner(db, body, may_claim=lambda: not watchdog.lost.is_set(), metrics=metrics)
@@ -85,8 +84,21 @@ def open_task_pool(config: Config, db: Database, metrics: Metrics | None = None)
     return Pool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
 
 
-def start_task_pool(pool: Pool, service: TaskService) -> None:
-    """Queue what the database holds (requeuing what a dead process left), then start."""
-    wait_out_lost_holder(pool.lock, tasks_running=service.count(status=TaskStatus.RUN))
-    pool.workers.submit_many(service.recover())
+def start_service(db: Database, service: TaskService, pool: Pool | None) -> None:
+    """Take the pool lock, migrate, queue what the database holds and start the workers."""
+    if pool is None:
+        db.upgrade_schema()
+        return
+    # The lock first: a migration must not change the schema under another
+    # process's running pool.
+    pool.lock.acquire()
+    try:
+        db.upgrade_schema()
+        # Requeue what a dead process left running, once it has had time to notice.
+        wait_out_lost_holder(pool.lock, tasks_running=service.count(status=TaskStatus.RUN))
+        pool.workers.submit_many(service.recover())
+    except BaseException:
+        pool.lock.release()
+        raise
+    pool.watchdog.arm()
     pool.workers.start()

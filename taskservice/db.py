@@ -13,6 +13,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from taskservice.writeturn import WriteTurn
@@ -25,6 +26,23 @@ _BEGIN_MODE = "taskservice_begin"
 
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+# SQLite's primary result codes of a passing fault: busy, locked, read-only,
+# I/O error, full, cannot open.
+_TRANSIENT_SQLITE_CODES = {5, 6, 8, 10, 13, 14}
+# PostgreSQL's SQLSTATEs of one: connection failures, insufficient resources,
+# the server shutting down or starting, a lock not available, a cancelled query.
+_TRANSIENT_SQLSTATES = ("08", "53", "57P", "55P03", "57014")
+
+
+def is_transient(error: DBAPIError) -> bool:
+    """Whether the database error is a fault that passes, not a bug in the service."""
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _TRANSIENT_SQLITE_CODES
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    # No SQLSTATE: the server never answered (refused, unreachable, cut off).
+    return sqlstate is None or sqlstate.startswith(_TRANSIENT_SQLSTATES)
 
 
 def backend_name(url: URL | str) -> str:
@@ -57,7 +75,9 @@ SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine for `url`; SQLite gets WAL, the given sync, a busy timeout and explicit BEGINs."""
     if not is_sqlite(url):
-        return create_engine(url, pool_pre_ping=True)
+        # A server that does not answer must fail a connection in seconds, not
+        # in the operating system's minutes: callers answer 503 and retry.
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
     if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
         raise ValueError(f"unknown SQLite synchronous setting {sqlite_synchronous!r}")
     engine = create_engine(url)

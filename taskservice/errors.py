@@ -48,6 +48,16 @@ class QueueFull(TaskServiceError):
         self.limit = limit
 
 
+class ServiceStarting(TaskServiceError):
+    """The service has not started yet: its database does not answer, or another holds it."""
+
+    def __init__(self, waiting_for: str) -> None:
+        super().__init__(
+            f"The service is starting and cannot serve this yet: {waiting_for}."
+            f" Try again in {RETRY_AFTER_SECONDS} s."
+        )
+
+
 class DatabaseInUse(TaskServiceError):
     """Another process already runs the task pool on this database."""
 

@@ -13,6 +13,7 @@ from taskservice.db import Database
 from taskservice.pool import LockWatchdog, PoolLock, WorkerPool, keep_until_exit
 from taskservice.runner import TaskRunner
 from taskservice.service import TaskService
+from taskservice.startup import Startup
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class TaskServiceExtension:
     db: Database
     service: TaskService
     concurrency: int
+    startup: Startup
     pool: Pool | None = None
 
     def health(self) -> tuple[dict[str, Any], bool]:
@@ -52,7 +54,14 @@ class TaskServiceExtension:
         alive = pool.workers.alive() if pool else 0
         lock_held = pool is not None and pool.lock.is_held()
         stuck = pool.runner.stuck(longer_than=STUCK_AFTER) if pool else []
-        healthy = database == "ok" and alive == self.concurrency and lock_held and not stuck
+        starting = self.startup.waiting_for
+        healthy = (
+            database == "ok"
+            and starting is None
+            and alive == self.concurrency
+            and lock_held
+            and not stuck
+        )
         report = {
             "status": "ok" if healthy else "unavailable",
             "database": database,
@@ -61,11 +70,13 @@ class TaskServiceExtension:
             "workers_stuck": stuck,
             "pool_lock": "held" if lock_held else "not held",
             "queued": pool.workers.backlog() if pool else 0,
+            "starting": starting,
         }
         return report, healthy
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the pool (running tasks get `timeout` s to end), then release the database."""
+        self.startup.stop(timeout)
         if self.pool is not None:
             self.pool.watchdog.stop()
             self.pool.runner.stop()

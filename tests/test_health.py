@@ -21,6 +21,7 @@ def test_healthy(pool_app: Flask):
         "workers_stuck": [],
         "pool_lock": "held",
         "queued": 0,
+        "starting": None,
     }
 
 

@@ -42,6 +42,7 @@ def test_the_watchdog_reports_a_lost_lock_once():
         reported.set()
 
     watchdog.start(on_lost)
+    watchdog.arm()
     assert not watchdog.lost.is_set()
     lock.held = False
     assert reported.wait(10)
@@ -51,8 +52,22 @@ def test_the_watchdog_reports_a_lost_lock_once():
     assert reports == [1]
 
 
+def test_a_lock_not_taken_yet_is_not_lost():
+    """A process still waiting for its database holds no lock yet: nothing is lost."""
+    lock = FakeLock()
+    lock.held = False
+    watchdog = LockWatchdog(lock)
+
+    assert watchdog.check() is True
+    assert not watchdog.lost.is_set()
+    watchdog.arm()
+    assert watchdog.check() is False
+    assert watchdog.lost.is_set()
+
+
 def test_check_while_held():
     watchdog = LockWatchdog(FakeLock())
+    watchdog.arm()
 
     assert watchdog.check() is True
     assert not watchdog.lost.is_set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection
 from http import HTTPStatus
 from importlib.resources import files
 from typing import Any
@@ -23,13 +24,16 @@ from taskservice.api.parsing import (
     task_id_schema,
 )
 from taskservice.api.schemas import ErrorSchema
+from taskservice.db import is_transient
 from taskservice.errors import (
     RETRY_AFTER_SECONDS,
     QueueFull,
+    ServiceStarting,
     TaskNotCancellable,
     TaskNotFound,
     TaskServiceError,
 )
+from taskservice.extension import get_extension
 from taskservice.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -101,6 +105,7 @@ ERROR_STATUS: dict[type[TaskServiceError], HTTPStatus] = {
     TaskNotFound: HTTPStatus.NOT_FOUND,
     TaskNotCancellable: HTTPStatus.CONFLICT,
     QueueFull: HTTPStatus.SERVICE_UNAVAILABLE,
+    ServiceStarting: HTTPStatus.SERVICE_UNAVAILABLE,
 }
 
 
@@ -115,7 +120,7 @@ def handle_task_error(
         "message": str(error),
         "errors": {},
     }
-    if isinstance(error, QueueFull):
+    if status is HTTPStatus.SERVICE_UNAVAILABLE:
         return body, status.value, {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return body, status.value
 
@@ -141,22 +146,20 @@ def handle_database_error(error: OperationalError) -> Any:
     return body, status.value, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
-# SQLite's primary result codes of a passing fault: busy, locked, read-only,
-# I/O error, full, cannot open.
-_TRANSIENT_SQLITE_CODES = {5, 6, 8, 10, 13, 14}
-# PostgreSQL's SQLSTATEs of one: connection failures, insufficient resources,
-# the server shutting down or starting, a lock not available, a cancelled query.
-_TRANSIENT_SQLSTATES = ("08", "53", "57P", "55P03", "57014")
+def refuse_until_started(blueprints: Collection[str]) -> Callable[[], None]:
+    """A before-request hook: 503 on `blueprints` until the service has started.
 
+    Until then the schema may not be migrated yet, so a query could fail as a
+    bug would (a missing table) rather than as the outage it is.
+    """
 
-def is_transient(error: OperationalError) -> bool:
-    """Whether the database error is a fault that passes, not a bug in the service."""
-    code = getattr(error.orig, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _TRANSIENT_SQLITE_CODES
-    sqlstate = getattr(error.orig, "sqlstate", None)
-    # No SQLSTATE: the server never answered (refused, unreachable, cut off).
-    return sqlstate is None or sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    def check_started() -> None:
+        if request.blueprint in blueprints:
+            startup = get_extension().startup
+            if not startup.ready.is_set():
+                raise ServiceStarting(startup.waiting_for or "almost done")
+
+    return check_started
 
 
 swagger_assets = FlaskBlueprint("swagger_assets", __name__)
@@ -195,6 +198,7 @@ def init_app(app: Flask, metrics: Metrics) -> Api:
         app.before_request(auth.token_check(token, blueprints=protected))
     else:
         api.spec.options["security"] = []  # said outright: no endpoint needs a token
+    app.before_request(refuse_until_started(blueprints={tasks.blp.name, dashboard.blp.name}))
     api.register_converter(TaskIdConverter, task_id_schema)
     api.register_blueprint(tasks.blp)
     api.register_blueprint(health.blp)

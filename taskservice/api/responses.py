@@ -22,7 +22,10 @@ def unavailable(blp: Blueprint) -> Callable[[Any], Any]:
     decorator: Callable[[Any], Any] = blp.alt_response(
         503,
         schema=ErrorSchema,
-        description="The database is unavailable; try again after Retry-After seconds.",
+        description=(
+            "The database is unavailable, or the service is still waiting for it to start;"
+            " try again after Retry-After seconds."
+        ),
         headers=RETRY_AFTER_HEADER,
     )
     return decorator

@@ -206,6 +206,14 @@ class HealthSchema(Schema):
     queued = fields.Integer(
         required=True, metadata={"description": "Task numbers waiting in memory.", "example": 0}
     )
+    starting = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "What the service waits for before it can start (its database,"
+            " the pool another process holds); null once it has started."
+        },
+    )
 
 
 class TimelineBarSchema(TaskSchema):

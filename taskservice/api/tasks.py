@@ -124,8 +124,9 @@ class Tasks(MethodView):
         503,
         schema=ErrorSchema,
         description=(
-            "The queue is full (TASKSERVICE_MAX_QUEUED; nothing was created) or the database"
-            " is unavailable; try again after Retry-After seconds."
+            "The queue is full (TASKSERVICE_MAX_QUEUED; nothing was created), the database"
+            " is unavailable, or the service is still waiting for it to start; try again after"
+            " Retry-After seconds."
         ),
         headers=RETRY_AFTER_HEADER,
     )

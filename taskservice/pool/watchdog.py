@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 # How often the lock is checked. A process that takes over a lost lock waits
 # LOCK_LOSS_GRACE before it requeues running tasks, so the loser has time to
-# notice and stop them (see app.start_task_pool).
+# notice and stop them (see app.start_service).
 WATCH_INTERVAL = 1.0
 LOCK_LOSS_GRACE = 3 * WATCH_INTERVAL
 
@@ -31,6 +31,9 @@ class LockWatchdog:
         self._lock = lock
         self._interval = interval
         self.lost = threading.Event()
+        # Set once the lock is taken: a process still waiting for its database
+        # has no lock to lose.
+        self._armed = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -41,6 +44,10 @@ class LockWatchdog:
         )
         self._thread.start()
 
+    def arm(self) -> None:
+        """Begin checking: the lock has been taken."""
+        self._armed.set()
+
     def stop(self) -> None:
         """Stop checking."""
         self._stopping.set()
@@ -48,8 +55,8 @@ class LockWatchdog:
             self._thread.join(self._interval * 2)
 
     def check(self) -> bool:
-        """Check the lock once; whether it is still held."""
-        if self._lock.is_held():
+        """Check the lock once; whether it is still held (or not taken yet)."""
+        if not self._armed.is_set() or self._lock.is_held():
             return True
         self.lost.set()
         return False
