@@ -11,9 +11,9 @@ request not complete within READ_TIMEOUT of its first byte is answered 408 and c
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import selectors
+import socket
 import time
 from collections import deque
 from functools import partial
@@ -31,6 +31,9 @@ READ_TIMEOUT = 10.0
 # A head or body longer than these is not gathered in the main loop but read by the thread (with
 # the same deadline): no real request here has a longer head, and the app refuses a longer body
 # (413, app.MAX_BODY_BYTES) without reading it. They bound a slow connection's memory.
+# Seconds a connection answered 408 reads on, so that closing it does not reset it.
+LINGER = 2.0
+
 MAX_GATHERED_HEAD = 16 * 1024
 MAX_GATHERED_BODY = 64 * 1024
 
@@ -95,6 +98,8 @@ class ThreadWorker(GThreadWorker):  # type: ignore[misc]
         # Connections whose request has begun, oldest first: each gets READ_TIMEOUT from its
         # first byte, so the deque stays sorted by deadline.
         self.reading_conns: deque[TConn] = deque()
+        # Connections answered 408, until the client has closed its side too (or LINGER s).
+        self.closing_conns: deque[TConn] = deque()
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -171,15 +176,44 @@ class ThreadWorker(GThreadWorker):  # type: ignore[misc]
             conn = self.reading_conns[0]
             self._stop_reading(conn)
             self.log.info(
-                "Closed the connection from %s: its request was not complete within %d s",
+                "Closing the connection from %s: its request was not complete within %d s",
                 conn.client,
                 READ_TIMEOUT,
             )
-            # Best effort: a client that is gone, or not reading, learns it from the close.
-            with contextlib.suppress(OSError):
-                conn.sock.send(_TIMEOUT_ANSWER % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
+            self._answer_timeout(conn)
+        while self.closing_conns and self.closing_conns[0].timeout <= now:
+            self._close(self.closing_conns[0])
+
+    def _answer_timeout(self, conn: TConn) -> None:
+        # Closing with unread bytes from the client would reset the connection and could lose
+        # the answer: like gunicorn's close_graceful, but in the loop, the rest is read and
+        # dropped until the client closes too, for LINGER seconds at most.
+        try:
+            conn.sock.send(_TIMEOUT_ANSWER % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
             self.nr_conns -= 1
             conn.close()
+            return
+        conn.timeout = time.monotonic() + LINGER
+        self.closing_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._drain, conn))
+
+    def _drain(self, conn: TConn, client: Any) -> None:
+        try:
+            if client.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close(conn)
+
+    def _close(self, conn: TConn) -> None:
+        self.poller.unregister(conn.sock)
+        self.closing_conns.remove(conn)
+        self.nr_conns -= 1
+        conn.close()
 
     def handle(self, conn: TConn) -> Any:
         """Serve the gathered request in this thread, reading any rest by the same deadline."""
