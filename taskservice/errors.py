@@ -32,6 +32,17 @@ class TaskNotCancellable(TaskServiceError):
         self.status = status
 
 
+class IdempotencyKeyReused(TaskServiceError):
+    """An idempotency key already made a task from other fields."""
+
+    def __init__(self, key: str, task_id: int) -> None:
+        super().__init__(
+            f"The Idempotency-Key {key!r} was used for task {task_id} with other fields;"
+            " send a new key for a new task."
+        )
+        self.errors = {"headers": {"Idempotency-Key": ["Already used with other fields."]}}
+
+
 # Seconds a client should wait after a 503 (a full queue, a busy database):
 # with two slots and tasks of 0 to 10 s, a slot frees every few seconds.
 RETRY_AFTER_SECONDS = 5

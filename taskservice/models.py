@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAME_MAX_LENGTH = 200
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 
 class TaskStatus(StrEnum):
@@ -195,3 +197,20 @@ class TaskCount(Base):
         _enum_column(TaskPriority, "task_count_priority"), primary_key=True
     )
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdempotencyKey(Base):
+    """A client's key for one create: a key is used once, so a retry makes no second task.
+
+    The primary key is what makes it hold: of two creates with one key at the
+    same moment, the second's insert fails on it and its transaction (task
+    included) rolls back, whatever either of them read before.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX_LENGTH), primary_key=True)
+    # The SHA-256 of the request as sent, to tell a retry from a reuse.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[int] = mapped_column(TaskId, ForeignKey("tasks.id"))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from taskservice import tasks
+from sqlalchemy.exc import IntegrityError
+
+from taskservice import idempotency, tasks
 from taskservice.db import Database
+from taskservice.errors import IdempotencyKeyReused
 from taskservice.metrics import Metrics
 from taskservice.models import TaskPriority, TaskRow, TaskStatus
 from taskservice.overview import Overview, read_overview
@@ -46,13 +49,60 @@ class TaskService:
                 priority=priority,
                 max_queued=self._max_queued,
             )
+        self._dispatch(task)
+        return task
+
+    def create_once(
+        self,
+        *,
+        key: str,
+        fingerprint: str,
+        name: str | None,
+        duration: float,
+        priority: TaskPriority,
+    ) -> tuple[TaskRow, bool]:
+        """Create a task under an idempotency key: (the task, whether it already existed).
+
+        The same key with the same fields (`fingerprint`) gives the task it made
+        before; with other fields, IdempotencyKeyReused.
+        """
+        try:
+            with self._db.writing() as session:
+                known = idempotency.find_key(session, key)
+                if known is None:
+                    task = tasks.create_task(
+                        session,
+                        name=name,
+                        duration=duration,
+                        priority=priority,
+                        max_queued=self._max_queued,
+                    )
+                    idempotency.record_key(session, key, fingerprint, task.id)
+        except IntegrityError:
+            # Another create took the key after our read: its task stands, ours rolled back.
+            with self._db.reading() as session:
+                known = idempotency.find_key(session, key)
+            if known is None:
+                raise
+        if known is not None:
+            task_id, used_with = known
+            if used_with != fingerprint:
+                raise IdempotencyKeyReused(key, task_id)
+            return self.get(task_id), True
+        self._dispatch(task)
+        return task, False
+
+    def _dispatch(self, task: TaskRow) -> None:
+        """Hand a committed task to the pool, count and log it."""
         self._submit(task.priority.rank, task.id)
         if self._metrics is not None:
             self._metrics.task_created(task.priority)
         logger.info(
-            "task %s created (priority %s, duration %g s)", task.id, task.priority.value, duration
+            "task %s created (priority %s, duration %g s)",
+            task.id,
+            task.priority.value,
+            task.duration,
         )
-        return task
 
     def get(self, task_id: int) -> TaskRow:
         """The task numbered `task_id`."""

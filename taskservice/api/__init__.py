@@ -27,6 +27,7 @@ from taskservice.api.schemas import ErrorSchema
 from taskservice.db import is_transient
 from taskservice.errors import (
     RETRY_AFTER_SECONDS,
+    IdempotencyKeyReused,
     QueueFull,
     ServiceStarting,
     TaskNotCancellable,
@@ -104,6 +105,7 @@ _INVALID_INPUT = {
 ERROR_STATUS: dict[type[TaskServiceError], HTTPStatus] = {
     TaskNotFound: HTTPStatus.NOT_FOUND,
     TaskNotCancellable: HTTPStatus.CONFLICT,
+    IdempotencyKeyReused: HTTPStatus.UNPROCESSABLE_ENTITY,
     QueueFull: HTTPStatus.SERVICE_UNAVAILABLE,
     ServiceStarting: HTTPStatus.SERVICE_UNAVAILABLE,
 }
@@ -118,7 +120,7 @@ def handle_task_error(
         "code": status.value,
         "status": status.phrase,
         "message": str(error),
-        "errors": {},
+        "errors": getattr(error, "errors", {}),
     }
     if status is HTTPStatus.SERVICE_UNAVAILABLE:
         return body, status.value, {"Retry-After": str(RETRY_AFTER_SECONDS)}

@@ -14,6 +14,8 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, Map, MapAdapter
 
+from taskservice.models import IDEMPOTENCY_KEY_MAX_LENGTH
+
 # The largest integer SQLite and PostgreSQL store; a larger number is no task.
 MAX_TASK_ID = 2**63 - 1
 
@@ -34,6 +36,33 @@ class TaskIdConverter(IntegerConverter):
 def task_id_schema(_converter: TaskIdConverter) -> dict[str, Any]:
     """How OpenAPI describes a task number in a path."""
     return {"type": "integer", "minimum": 1, "maximum": MAX_TASK_ID}
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Visible ASCII and spaces, as an HTTP header carries them.
+_KEY = re.compile(rf"[\x20-\x7e]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}")
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key, or None; a 422 if it is empty, too long or not text.
+
+    The IETF draft sends it as a structured-field string ("..."); a bare value
+    is taken as it is.
+    """
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not _KEY.fullmatch(key) or not key.strip():
+        message = f"1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters."
+        abort(
+            422,
+            message=f"The {IDEMPOTENCY_HEADER} header must be {message}",
+            errors={"headers": {IDEMPOTENCY_HEADER: [f"Must be {message}"]}},
+        )
+    return key
 
 
 # How much of a client's path an error message repeats.

@@ -11,11 +11,17 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from flask_smorest.pagination import PaginationParameters
 
-from taskservice.api.parsing import JSONBodyParser, SchemaParser
+from taskservice.api.parsing import (
+    IDEMPOTENCY_HEADER,
+    JSONBodyParser,
+    SchemaParser,
+    idempotency_key,
+)
 from taskservice.api.responses import RETRY_AFTER_HEADER, unauthorized, unavailable
 from taskservice.api.schemas import ErrorSchema, TaskCreateSchema, TaskFilterSchema, TaskSchema
 from taskservice.extension import get_extension
-from taskservice.models import TaskRow
+from taskservice.idempotency import fingerprint
+from taskservice.models import IDEMPOTENCY_KEY_MAX_LENGTH, TaskRow
 
 
 class TaskBlueprint(Blueprint):
@@ -57,6 +63,22 @@ TASK_ID = "<task_id:task_id>"
 UNAVAILABLE = unavailable(blp)
 UNAUTHORIZED = unauthorized(blp)
 LOCATION_HEADER = {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}}
+REPLAYED = "Idempotent-Replayed"
+REPLAYED_HEADER = {
+    REPLAYED: {
+        "description": "`true` when the Idempotency-Key had already made this task.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+IDEMPOTENCY_KEY_PARAMETER = {
+    "in": "header",
+    "name": IDEMPOTENCY_HEADER,
+    "required": False,
+    "description": "Your name for this create (IETF httpapi draft): sent again with the same"
+    " body, it answers the task it made instead of making another.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
+    "example": "order-1234-report",
+}
 
 
 LIST_PARAMETERS = {"status", "priority", "page", "page_size"}
@@ -113,9 +135,9 @@ class Tasks(MethodView):
         pagination_parameters.item_count = total
         return page
 
-    @blp.doc(operationId="create_task")
+    @blp.doc(operationId="create_task", parameters=[IDEMPOTENCY_KEY_PARAMETER])
     @blp.arguments(TaskCreateSchema, required=False)
-    @blp.response(201, TaskSchema, headers=LOCATION_HEADER)
+    @blp.response(201, TaskSchema, headers={**LOCATION_HEADER, **REPLAYED_HEADER})
     @UNAUTHORIZED
     @blp.alt_response(400, schema=ErrorSchema, description="The body is not valid JSON.")
     @blp.alt_response(413, schema=ErrorSchema, description="The body is too large.")
@@ -134,10 +156,23 @@ class Tasks(MethodView):
         """Create a task
 
         The task is queued and its number returned at once. The body and each field
-        are optional: an empty POST creates a task with the defaults.
+        are optional: an empty POST creates a task with the defaults. With an
+        `Idempotency-Key`, a retry of the same request makes no second task: it
+        answers the first one, with `Idempotent-Replayed: true`; the same key with
+        other fields is a 422.
         """
-        task = get_extension().service.create(**fields)
-        return task, 201, {"Location": url_for("tasks.TaskView", task_id=task.id)}
+        service = get_extension().service
+        key = idempotency_key(request)
+        headers: dict[str, str] = {}
+        if key is None:
+            task = service.create(**fields)
+        else:
+            sent = request.get_json(silent=True) or {}
+            task, replayed = service.create_once(key=key, fingerprint=fingerprint(sent), **fields)
+            if replayed:
+                headers[REPLAYED] = "true"
+        headers["Location"] = url_for("tasks.TaskView", task_id=task.id)
+        return task, 201, headers
 
 
 @blp.route(f"/{TASK_ID}")
