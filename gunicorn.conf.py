@@ -34,8 +34,9 @@ workers = 1
 worker_class = "taskservice.worker.ThreadWorker"
 # Two request threads, chosen by measurement (docs/benchmarks.md): the threads
 # share one interpreter lock, so one thread answered ~15 % more requests than
-# two and four ~15 % fewer; two keep the service answering while one request
-# waits on a slow or stalled client.
+# two and four ~15 % fewer. A slow or idle client no longer holds a thread
+# (the worker above reads requests first), so more threads would buy nothing;
+# only a chunked or `Expect: 100-continue` body is read in a thread, for 10 s at most.
 _threads = os.environ.get("GUNICORN_THREADS", "2")
 if not _threads.isdigit() or int(_threads) < 1:
     _refuse(f"GUNICORN_THREADS must be a whole number of at least 1, got {_threads!r}")
