@@ -1,9 +1,10 @@
-"""Small tools the tests share: waiting on conditions and reading tasks back."""
+"""Small tools the tests share: waiting on conditions and threads, reading tasks back."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from flask import Flask
@@ -26,6 +27,15 @@ def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {condition}")
         time.sleep(interval)
+
+
+def join_all(threads: Iterable[threading.Thread], timeout: float) -> list[threading.Thread]:
+    """Join every thread within one deadline `timeout` s away; the ones still alive."""
+    deadline = time.monotonic() + timeout
+    threads = list(threads)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in threads if thread.is_alive()]
 
 
 def insert_task(db: Database, priority: TaskPriority = TaskPriority.MEDIUM) -> int:

@@ -258,12 +258,15 @@ def hold_open_while(app: Flask, change: Callable[[Session], object], then: Calla
 
     holder = threading.Thread(target=first)
     holder.start()
-    assert changed.wait(10)
-    with ThreadPoolExecutor(1) as second:
-        outcome = second.submit(then)  # it has to wait for the first transaction
-        commit.set()
+    try:
+        assert changed.wait(10)
+        with ThreadPoolExecutor(1) as second:
+            outcome = second.submit(then)  # it has to wait for the first transaction
+            commit.set()
+            result = outcome.result(timeout=10)
+    finally:
+        commit.set()  # however the test ends, the first transaction does
         holder.join(10)
-        result = outcome.result(timeout=10)
     db.remove_session()
     return result
 
@@ -483,13 +486,15 @@ def test_a_worker_retrying_for_long_is_reported_stuck(app: Flask, monkeypatch: p
 
     worker = threading.Thread(target=run, name="worker-7")
     worker.start()
-    assert retried.wait(10)
+    try:
+        assert retried.wait(10)
 
-    assert runner.stuck(longer_than=10) == []
-    now[0] += 11
-    assert runner.stuck(longer_than=10) == ["worker-7"]
-    runner.stop()
-    worker.join(10)
+        assert runner.stuck(longer_than=10) == []
+        now[0] += 11
+        assert runner.stuck(longer_than=10) == ["worker-7"]
+    finally:
+        runner.stop()
+        worker.join(10)
     assert runner.stuck(longer_than=10) == []
 
 
