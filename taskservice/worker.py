@@ -28,12 +28,12 @@ from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 # request this API takes (at most 64 KiB), short enough that a stalled one goes quickly.
 READ_TIMEOUT = 10.0
 
-# A head or body longer than these is not gathered in the main loop but read by the thread (with
-# the same deadline): no real request here has a longer head, and the app refuses a longer body
-# (413, app.MAX_BODY_BYTES) without reading it. They bound a slow connection's memory.
 # Seconds a connection answered 408 reads on, so that closing it does not reset it.
 LINGER = 2.0
 
+# A head or body longer than these is not gathered in the main loop but read by the thread (with
+# the same deadline): no real request here has a longer head, and the app refuses a longer body
+# (413, app.MAX_BODY_BYTES) without reading it. They bound a slow connection's memory.
 MAX_GATHERED_HEAD = 16 * 1024
 MAX_GATHERED_BODY = 64 * 1024
 
