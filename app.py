@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,7 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         metrics=metrics,
     )
     metrics.watch_database(service.count_by_status)
-    startup = Startup(lambda: start_service(db, service, pool))
+    startup = Startup(lambda stopping: start_service(db, service, pool, stopping))
     extension = TaskServiceExtension(
         db=db,
         service=service,
@@ -84,11 +85,16 @@ def build_task_pool(config: Config, db: Database, metrics: Metrics | None = None
     return Pool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
 
 
-def start_service(db: Database, service: TaskService, pool: Pool | None) -> None:
-    """Take the pool lock, migrate, queue what the database holds and start the workers."""
+def start_service(
+    db: Database, service: TaskService, pool: Pool | None, stopping: threading.Event
+) -> bool:
+    """Take the pool lock, migrate, queue what the database holds and start the workers.
+
+    Whether it started: not if `stopping` was set, or the lock was lost meanwhile.
+    """
     if pool is None:
         db.upgrade_schema()
-        return
+        return True
     # The lock first: a migration must not change the schema under another
     # process's running pool.
     pool.lock.acquire()
@@ -96,9 +102,17 @@ def start_service(db: Database, service: TaskService, pool: Pool | None) -> None
         db.upgrade_schema()
         # Requeue what a dead process left running, once it has had time to notice.
         wait_out_lost_holder(pool.lock, tasks_running=service.count(status=TaskStatus.RUN))
-        pool.workers.submit_many(service.recover())
+        # A lock lost while migrating or waiting (a database restart) may already
+        # be another process's: requeuing its running tasks, or starting workers,
+        # could run a task twice or a third at once.
+        queued = service.recover() if pool.lock.is_held() else None
     except BaseException:
         pool.lock.release()
         raise
+    if queued is None or stopping.is_set() or not pool.lock.is_held():
+        pool.lock.release()
+        return False
+    pool.workers.submit_many(queued)
     pool.watchdog.arm()
     pool.workers.start()
+    return True

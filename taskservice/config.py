@@ -15,6 +15,11 @@ N = TypeVar("N", int, float)
 
 DEFAULT_DATABASE_FILE = "taskservice.sqlite3"
 MAX_CONCURRENCY = 64
+# Seconds a starting pool waits for the lock: longer than a stopping predecessor
+# may hold it (gunicorn's 10 s graceful timeout, a second to stop its pool and a
+# request's 10 s read deadline overlap), so a reload (SIGHUP), whose new worker
+# starts while the old one stops, does not stop the server.
+LOCK_TIMEOUT = 15.0
 
 
 def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any]:
@@ -50,7 +55,7 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
             environ, "TASKSERVICE_FAILURE_RATE", kind=float, default=0.0, low=0, high=1
         ),
         "TASKSERVICE_LOCK_TIMEOUT": _number(
-            environ, "TASKSERVICE_LOCK_TIMEOUT", kind=float, default=5.0, low=0, high=3600
+            environ, "TASKSERVICE_LOCK_TIMEOUT", kind=float, default=LOCK_TIMEOUT, low=0, high=3600
         ),
         "TASKSERVICE_MAX_QUEUED": _number(
             environ, "TASKSERVICE_MAX_QUEUED", kind=int, default=100_000, low=1, high=10**9

@@ -76,7 +76,13 @@ class TaskServiceExtension:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the pool (running tasks get `timeout` s to end), then release the database."""
-        self.startup.stop(timeout)
+        if not self.startup.stop(timeout):
+            # A start is still trying (connecting, waiting for the lock): what it
+            # holds stays held until the process exits, which it is about to.
+            if self.pool is not None:
+                keep_until_exit(self.pool.lock)
+            logger.warning("stopped while the service was still starting")
+            return
         if self.pool is not None:
             self.pool.watchdog.stop()
             self.pool.runner.stop()

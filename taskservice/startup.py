@@ -26,19 +26,35 @@ FIRST_RETRY = 0.1
 LAST_RETRY = 2.0
 
 
+# SQLite's result codes that pass at start: busy and locked (another writer).
+# Read-only or cannot open is the file's permissions, which no retry cures.
+_SQLITE_PASSING = {5, 6}
+
+Start = Callable[[threading.Event], bool]
+
+
 def is_passing(error: BaseException) -> bool:
     """Whether the start may succeed if tried again: the database is down or busy."""
-    return isinstance(error, OperationalError) and is_transient(error)
+    if not isinstance(error, OperationalError) or not is_transient(error):
+        return False
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in _SQLITE_PASSING
 
 
 class Startup:
-    """The service's start (pool lock, migrations, recovery, workers), tried until it succeeds."""
+    """The service's start (pool lock, migrations, recovery, workers), tried until it succeeds.
 
-    def __init__(self, start: Callable[[], None]) -> None:
+    `start` gets the stop flag, which it checks before it starts the workers,
+    and says whether it started; each try holds a lock that `stop` waits for,
+    so no try can start workers once `stop` has returned True.
+    """
+
+    def __init__(self, start: Start) -> None:
         self._start = start
         self.ready = threading.Event()
         self.waiting_for: str | None = "the first start"
         self._stopping = threading.Event()
+        self._trying = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
@@ -47,30 +63,43 @@ class Startup:
         Any other error (a bad setting, another process on the database) is raised.
         """
         try:
-            self._start()
+            started = self._try()
         except Exception as error:
             if not is_passing(error):
                 raise
             self._wait_for(error)
-            logger.warning(
-                "the database does not answer (%s); serving 503 until it does", _describe(error)
-            )
-            self._thread = threading.Thread(target=self._retry, name="startup", daemon=True)
-            self._thread.start()
+            started = False
+        if started:
+            self._started()
             return
-        self._started()
+        logger.warning("%s: serving 503 while the start is tried again", self.waiting_for)
+        self._thread = threading.Thread(target=self._retry, name="startup", daemon=True)
+        self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop trying; wait up to `timeout` s for a try in progress to end."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop trying; whether a try in progress ended within `timeout` s."""
         self._stopping.set()
+        if not self._trying.acquire(timeout=timeout):
+            return False
+        self._trying.release()
         if self._thread is not None:
             self._thread.join(timeout)
+        return True
+
+    def _try(self) -> bool:
+        with self._trying:
+            if self._stopping.is_set():
+                return False
+            started = self._start(self._stopping)
+            if not started and not self._stopping.is_set():
+                self.waiting_for = "the pool lock, lost while starting"
+            return started
 
     def _retry(self) -> None:
         delay = FIRST_RETRY
         while not self._stopping.wait(delay):
             try:
-                self._start()
+                started = self._try()
             except DatabaseInUse as error:  # another process took the pool meanwhile
                 self._wait_for(error)
             except Exception as error:
@@ -78,9 +107,10 @@ class Startup:
                     logger.exception("the service could not start; trying again")
                 self._wait_for(error)
             else:
-                self._started()
-                logger.info("the database answers: the service has started")
-                return
+                if started:
+                    self._started()
+                    logger.info("the database answers: the service has started")
+                    return
             delay = min(delay * 2, LAST_RETRY)
 
     def _wait_for(self, error: BaseException) -> None:

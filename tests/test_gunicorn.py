@@ -198,3 +198,26 @@ def test_malformed_settings_stop_the_server_with_a_message(
     lines = server.log().strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"taskservice: {message}")
+
+
+def test_a_reload_with_a_request_in_flight_keeps_the_server(
+    servers: list[Server], database_url: str, tmp_path: Path
+):
+    """SIGHUP starts a new worker while the old one finishes: it waits for the pool lock."""
+    server = start(servers, database_url, tmp_path / "gunicorn.log")
+    server.wait_healthy()
+    _status, task = server.request("POST", "/tasks", {"duration": 1})
+    # A request begun and never finished keeps the old worker (and its lock) for
+    # its 10 s read deadline.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as stalled:
+        stalled.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+
+        wait_for(lambda: server.log().count("Booting worker") == 2, timeout=30)
+        wait_for(lambda: "Worker exiting" in server.log(), timeout=30)
+        server.wait_healthy(timeout=30)
+
+    assert server.process.poll() is None, server.log()
+    assert server.request("GET", f"/tasks/{task['id']}")[0] == 200
+    assert "cannot start" not in server.log()
