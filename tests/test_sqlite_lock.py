@@ -147,3 +147,21 @@ def test_the_lock_passes_to_another_name_once_released(start_pool: StartPool, tm
     second = start_pool(f"sqlite:///{symlink(database)}")
 
     assert second.test_client().get("/health").json["pool_lock"] == "held"
+
+
+@pytest.mark.parametrize("replace", ["move", "delete"])
+def test_a_pool_whose_file_is_replaced_has_lost_its_lock(
+    start_pool: StartPool, tmp_path: Path, replace: str
+):
+    database = tmp_path / "tasks.sqlite3"
+    first = start_pool(f"sqlite:///{database}")
+    pool = first.extensions[EXTENSION_KEY].pool
+    if replace == "move":  # a backup restored over the database
+        shutil.copyfile(database, tmp_path / "backup.sqlite3")
+        os.replace(tmp_path / "backup.sqlite3", database)
+    else:
+        database.unlink()
+
+    assert not pool.lock.is_held()
+    assert pool.watchdog.check() is False  # the server's watchdog now ends the worker
+    assert first.test_client().get("/health").json["pool_lock"] == "not held"

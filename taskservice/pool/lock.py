@@ -83,9 +83,14 @@ class SQLiteFileLock:
     POSIX record locks, which `flock` neither takes nor waits for on a local
     file system (over NFS, Linux emulates `flock` with record locks: SQLite
     does not belong on NFS anyway).
+
+    The lock is on the file, so it is lost if another file takes the path (a
+    backup restored with `mv`, the database deleted and made anew): new
+    connections would open that file, which another pool may lock. The
+    watchdog checks for it, as for a dropped PostgreSQL lock.
     """
 
-    can_be_lost = False
+    can_be_lost = True
 
     def __init__(self, database_path: str, timeout: float) -> None:
         self.path = database_path
@@ -94,10 +99,14 @@ class SQLiteFileLock:
 
     def acquire(self) -> None:
         """Lock the database file, waiting up to `timeout` s for another holder to go."""
-        database_file = _DatabaseFile.of(self.path)
         deadline = time.monotonic() + self.timeout
-        while not database_file.try_lock():
-            if time.monotonic() >= deadline:
+        while True:
+            database_file = _DatabaseFile.of(self.path)
+            if database_file.try_lock():
+                if database_file.is_at(self.path):
+                    break
+                database_file.unlock()  # the path moved on to another file meanwhile
+            elif time.monotonic() >= deadline:
                 raise _in_use(f"database file {self.path} locked", self.timeout)
             time.sleep(ADVISORY_LOCK_POLL)
         self._file = database_file
@@ -110,8 +119,8 @@ class SQLiteFileLock:
             self._file = None
 
     def is_held(self) -> bool:
-        """Whether this lock holds the database file."""
-        return self._file is not None
+        """Whether this lock holds the file that is at the database's path."""
+        return self._file is not None and self._file.is_at(self.path)
 
 
 class _DatabaseFile:
@@ -143,6 +152,13 @@ class _DatabaseFile:
             descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
             # A file replaced between the stat and the open keeps both descriptors open.
             return cls._files.setdefault(_inode(os.fstat(descriptor)), cls(descriptor))
+
+    def is_at(self, path: str) -> bool:
+        """Whether `path` still names this file."""
+        try:
+            return _inode(os.stat(path)) == _inode(os.fstat(self.descriptor))
+        except FileNotFoundError:
+            return False
 
     def try_lock(self) -> bool:
         """Take the lock if neither this process nor another holds it."""
