@@ -47,6 +47,14 @@ def test_a_retry_of_an_empty_body_keeps_the_first_random_duration(client: FlaskC
     assert task_count(app) == 1
 
 
+def test_the_same_values_written_differently_are_the_same_body(client: FlaskClient, app: Flask):
+    first = post(client, "same", {"duration": 1, "name": "n"})
+    again = post(client, "same", {"name": "n", "duration": 1.0})
+
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json["id"] == first.json["id"]
+
+
 def test_a_structured_field_string_is_the_same_key(client: FlaskClient, app: Flask):
     first = post(client, "k-1")
     again = post(client, '"k-1"')

@@ -167,8 +167,10 @@ class Tasks(MethodView):
         if key is None:
             task = service.create(**fields)
         else:
-            sent = request.get_json(silent=True) or {}
-            task, replayed = service.create_once(key=key, fingerprint=fingerprint(sent), **fields)
+            # The fields the client gave, as read (1 and 1.0 are one duration); not
+            # the defaults, or a random duration would differ between two tries.
+            given = {name: fields[name] for name in request.get_json(silent=True) or {}}
+            task, replayed = service.create_once(key=key, fingerprint=fingerprint(given), **fields)
             if replayed:
                 headers[REPLAYED] = "true"
         headers["Location"] = url_for("tasks.TaskView", task_id=task.id)
