@@ -73,9 +73,12 @@ def health_status(server: Server) -> int | None:
 
 def waiting_for(server: Server) -> str | None:
     """What a worker that answers /health waits for before it can start; None otherwise."""
-    if health_status(server) is None:
+    assert server.process is not None
+    assert server.process.poll() is None, f"gunicorn exited:\n{server.log()}"
+    try:
+        starting: str | None = answer(server, "GET", "/health")[1]["starting"]
+    except OSError:  # no worker, or one that is exiting
         return None
-    starting: str | None = answer(server, "GET", "/health")[1]["starting"]
     return starting
 
 
