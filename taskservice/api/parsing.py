@@ -11,7 +11,7 @@ from flask import Request
 from flask_smorest import abort
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.routing import IntegerConverter, Map, MapAdapter
 
 from taskservice.models import IDEMPOTENCY_KEY_MAX_LENGTH
@@ -98,6 +98,10 @@ def read_body(request: Request) -> bytes:
     """The whole request body; 413 if it is over the limit, 400 if it cannot be read."""
     try:
         data = request.get_data(cache=True)
+    except ClientDisconnected:
+        # The client hung up, or stalled past the worker's read deadline
+        # (taskservice.worker), which the body reader takes for a hang-up.
+        abort(408, message="The body did not arrive in full within the time allowed (10 s).")
     except HTTPException:
         raise
     except Exception:  # the server's body reader: e.g. a malformed chunk size

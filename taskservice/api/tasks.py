@@ -140,6 +140,9 @@ class Tasks(MethodView):
     @blp.response(201, TaskSchema, headers={**LOCATION_HEADER, **REPLAYED_HEADER})
     @UNAUTHORIZED
     @blp.alt_response(400, schema=ErrorSchema, description="The body is not valid JSON.")
+    @blp.alt_response(
+        408, schema=ErrorSchema, description="The body did not arrive in full within 10 s."
+    )
     @blp.alt_response(413, schema=ErrorSchema, description="The body is too large.")
     @blp.alt_response(415, schema=ErrorSchema, description="The body is not JSON.")
     @blp.alt_response(
