@@ -1,11 +1,12 @@
-"""Fixtures: an isolated SQLite file per test, apps with and without the pool."""
+"""Fixtures: an isolated database per test, apps with and without the pool; a leak check."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from app import create_app
 from taskservice.db import Database
 from taskservice.extension import EXTENSION_KEY
+from tests.leaks import Snapshot, mark_session_scoped
 
 # Tasks of "duration 10" take 10 ms: the code path is the real one, only faster.
 FAST = 0.001
@@ -33,10 +35,61 @@ POSTGRES_URL = os.environ.get(
 REQUIRE_POSTGRES = os.environ.get("TASKSERVICE_REQUIRE_POSTGRES") == "1"
 
 
+# The leak check. A test's snapshot is taken before its first fixture; it is
+# compared with what is alive after the last fixture's teardown, in a
+# finalizer that runs after every fixture's (it is added before the first
+# fixture's), and before pytest collects the exceptions of threads: one that a
+# leaked thread raises as it ends is reported in its own test, not the next.
+# What fixtures of wider scope make is left alone: it outlives tests by design.
+_long_lived = Snapshot()
+_before_test: dict[str, Snapshot] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """Note what is alive before the test's first fixture."""
+    _before_test[item.nodeid] = Snapshot.take()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, Any, Any]:
+    """Check the test after its fixtures; let fixtures of wider scope make what outlives it."""
+    if fixturedef.scope == "function":
+        before = _before_test.pop(request.node.nodeid, None)
+        if before is not None:  # the test's first fixture
+            request.node.addfinalizer(functools.partial(fail_on_leaks, before))
+        return (yield)
+    before = Snapshot.take()
+    try:
+        return (yield)
+    finally:
+        _long_lived.allow(Snapshot.take().since(before))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Check a test that had no fixture to be checked after."""
+    before = _before_test.pop(item.nodeid, None)
+    if before is not None:
+        fail_on_leaks(before)
+
+
+def fail_on_leaks(before: Snapshot) -> None:
+    """Fail the test if it left a thread, a child process or a database connection behind."""
+    before.allow(_long_lived)
+    leaked = before.leaks()
+    if leaked:
+        pytest.fail("the test left behind:\n  " + "\n  ".join(leaked), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[Engine]:
     """An autocommit engine on the PostgreSQL server, or a skip if there is none."""
     engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    mark_session_scoped(engine)
     try:
         with engine.connect():
             pass

@@ -105,19 +105,25 @@ def test_each_database_gets_its_kind_of_lock(database_url: str):
 
 def test_a_pool_that_cannot_stop_keeps_the_lock(make_app: AppFactory, gate: Gate):
     app = make_app()
-    client = app.test_client()
-    ids = [client.post("/tasks", json={"duration": 10}).json["id"] for _ in range(2)]
-    gate.wait_for_entries(2)
+    lock = app.extensions["taskservice"].pool.lock
+    try:
+        client = app.test_client()
+        ids = [client.post("/tasks", json={"duration": 10}).json["id"] for _ in range(2)]
+        gate.wait_for_entries(2)
 
-    app.extensions["taskservice"].close(timeout=0)
+        app.extensions["taskservice"].close(timeout=0)
 
-    # Both tasks still run in this process: a new pool must not start them again.
-    with pytest.raises(DatabaseInUse):
-        make_app()
-    gate.open.set()
-    reader = make_app(start_pool=False).test_client()
-    wait_for(lambda: all(reader.get(f"/tasks/{i}").json["status"] == "Completed" for i in ids))
-    assert [reader.get(f"/tasks/{i}").json["attempts"] for i in ids] == [1, 1]
+        # Both tasks still run in this process: a new pool must not start them again.
+        with pytest.raises(DatabaseInUse):
+            make_app()
+        gate.open.set()
+        reader = make_app(start_pool=False).test_client()
+        wait_for(lambda: all(reader.get(f"/tasks/{i}").json["status"] == "Completed" for i in ids))
+        assert [reader.get(f"/tasks/{i}").json["attempts"] for i in ids] == [1, 1]
+    finally:
+        # The lock is kept until the process exits; the test's end stands for the exit.
+        gate.open.set()
+        lock.release()
 
 
 def test_a_failed_start_releases_the_lock(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch):
