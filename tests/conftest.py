@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
@@ -33,6 +34,19 @@ POSTGRES_URL = os.environ.get(
     "TASKSERVICE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("TASKSERVICE_REQUIRE_POSTGRES") == "1"
+
+
+# How long dropping a test's schema is retried: long enough for the server to restart.
+DROP_TIMEOUT = 30.0
+# Backends that hold a lock on a schema or on a table in it: DROP SCHEMA would wait for them.
+# A transaction that creates a table locks the schema too (its new table is not visible here).
+_SCHEMA_LOCKERS = text(
+    "SELECT DISTINCT locks.pid FROM pg_locks AS locks, pg_namespace AS schema"
+    " WHERE schema.nspname = :schema AND locks.pid <> pg_backend_pid()"
+    " AND locks.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND (locks.relation IN (SELECT oid FROM pg_class WHERE relnamespace = schema.oid)"
+    " OR (locks.classid = 'pg_namespace'::regclass AND locks.objid = schema.oid))"
+)
 
 
 # The leak check. A test's snapshot is taken before its first fixture; it is
@@ -87,8 +101,17 @@ def fail_on_leaks(before: Snapshot) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[Engine]:
-    """An autocommit engine on the PostgreSQL server, or a skip if there is none."""
-    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    """An autocommit engine on the PostgreSQL server, or a skip if there is none.
+
+    It outlives a restart of the server: each checkout pings the connection
+    and replaces a dead one.
+    """
+    engine = create_engine(
+        POSTGRES_URL,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,
+        connect_args={"application_name": "taskservice tests", "connect_timeout": 5},
+    )
     mark_session_scoped(engine)
     try:
         with engine.connect():
@@ -103,16 +126,52 @@ def postgres_admin() -> Iterator[Engine]:
     engine.dispose()
 
 
+def drop_schema(admin: Engine, name: str) -> None:
+    """Drop schema `name`, ending the backends that lock it; retry while the server is away."""
+    deadline = time.monotonic() + DROP_TIMEOUT
+    while True:
+        try:
+            with admin.connect() as connection:
+                lockers = connection.execute(_SCHEMA_LOCKERS, {"schema": name}).scalars().all()
+                for pid in lockers:
+                    connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                connection.exec_driver_sql("SET lock_timeout = '5s'")
+                connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+                return
+        except OperationalError:
+            # A restart, or a locker that came back: try again on a new connection.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # the retry interval, within the deadline
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas(postgres_admin: Engine) -> Iterator[set[str]]:
+    """The schemas this session created and has not dropped yet; any left are dropped at its end.
+
+    Only this session's: another run may share the database.
+    """
+    names: set[str] = set()
+    yield names
+    for name in sorted(names):
+        drop_schema(postgres_admin, name)
+        names.discard(name)
+
+
 @pytest.fixture
-def postgres_url(postgres_admin: Engine) -> Iterator[str]:
-    """A fresh PostgreSQL schema for this test (much faster than a database), dropped at its end."""
+def postgres_url(postgres_admin: Engine, postgres_schemas: set[str]) -> Iterator[str]:
+    """A fresh PostgreSQL schema for this test (much faster than a database), dropped at its end.
+
+    It is dropped even when the test fails or the server restarted meanwhile.
+    """
     name = f"taskservice_test_{uuid.uuid4().hex[:12]}"
     with postgres_admin.connect() as connection:
         connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    postgres_schemas.add(name)
     url = postgres_admin.url.update_query_dict({"options": f"-csearch_path={name}"})
     yield url.render_as_string(hide_password=False)
-    with postgres_admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+    drop_schema(postgres_admin, name)
+    postgres_schemas.discard(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
