@@ -8,6 +8,7 @@ ever run at once.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import urllib.error
@@ -23,6 +24,10 @@ from tests.proxy import TcpProxy
 from tests.server import Server
 
 pytestmark = pytest.mark.postgresql
+
+# What a request meets while a worker is replaced: no listener, a connection
+# closed before the answer, or an answer cut short (IncompleteRead).
+GONE = (OSError, http.client.HTTPException)
 
 
 @pytest.fixture
@@ -67,7 +72,7 @@ def health_status(server: Server) -> int | None:
     assert server.process.poll() is None, f"gunicorn exited:\n{server.log()}"
     try:
         return answer(server, "GET", "/health")[0]
-    except OSError:
+    except GONE:
         return None
 
 
@@ -77,7 +82,7 @@ def waiting_for(server: Server) -> str | None:
     assert server.process.poll() is None, f"gunicorn exited:\n{server.log()}"
     try:
         starting: str | None = answer(server, "GET", "/health")[1]["starting"]
-    except OSError:  # no worker, or one that is exiting
+    except GONE:  # no worker, or one that is exiting
         return None
     return starting
 
@@ -146,14 +151,14 @@ class Load:
             except urllib.error.HTTPError as error:
                 self.statuses.add(error.code)
                 error.close()
-            except OSError:
+            except GONE:
                 self.stopping.wait(0.01)  # no worker listening: it is being replaced
 
     def _watch(self) -> None:
         while not self.stopping.is_set():
             try:
                 status, running, _headers = answer(self.server, "GET", "/tasks?status=Run")
-            except OSError:
+            except GONE:
                 continue
             if status == 200:
                 self.running_seen.add(len(running))
