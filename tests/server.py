@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -59,7 +60,7 @@ class Server:
                 raise AssertionError(f"gunicorn exited:\n{self.log()}")
             try:
                 return self.request("GET", "/health")[0] == 200
-            except OSError:
+            except (OSError, http.client.HTTPException):  # no worker, or one exiting
                 return False
 
         wait_for(healthy, timeout=timeout, interval=0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import signal
@@ -163,7 +164,7 @@ def test_a_worker_that_loses_the_pool_lock_is_replaced(
             # One query, so one instant: how many are running now.
             running_seen.add(len(server.request("GET", "/tasks?status=Run")[1]))
             tasks = [server.request("GET", f"/tasks/{task_id}")[1] for task_id in ids]
-        except OSError:  # between the old worker and the new one
+        except (OSError, http.client.HTTPException):  # between the old worker and the new one
             return False
         return all(task["status"] == "Completed" for task in tasks)
 
