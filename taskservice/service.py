@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from taskservice import idempotency, tasks
 from taskservice.db import Database
@@ -42,13 +43,7 @@ class TaskService:
     def create(self, *, name: str | None, duration: float, priority: TaskPriority) -> TaskRow:
         """Record a new task, then queue it; the row is committed first."""
         with self._db.writing() as session:
-            task = tasks.create_task(
-                session,
-                name=name,
-                duration=duration,
-                priority=priority,
-                max_queued=self._max_queued,
-            )
+            task = self._insert(session, name=name, duration=duration, priority=priority)
         self._dispatch(task)
         return task
 
@@ -70,13 +65,7 @@ class TaskService:
             with self._db.writing() as session:
                 known = idempotency.find_key(session, key)
                 if known is None:
-                    task = tasks.create_task(
-                        session,
-                        name=name,
-                        duration=duration,
-                        priority=priority,
-                        max_queued=self._max_queued,
-                    )
+                    task = self._insert(session, name=name, duration=duration, priority=priority)
                     idempotency.record_key(session, key, fingerprint, task.id)
         except IntegrityError:
             # Another create took the key after our read: its task stands, ours rolled back.
@@ -91,6 +80,14 @@ class TaskService:
             return self.get(task_id), True
         self._dispatch(task)
         return task, False
+
+    def _insert(
+        self, session: Session, *, name: str | None, duration: float, priority: TaskPriority
+    ) -> TaskRow:
+        """Insert a queued task in the caller's transaction, within the queue's bound."""
+        return tasks.create_task(
+            session, name=name, duration=duration, priority=priority, max_queued=self._max_queued
+        )
 
     def _dispatch(self, task: TaskRow) -> None:
         """Hand a committed task to the pool, count and log it."""
