@@ -10,8 +10,10 @@ from typing import Any
 from flask import Config, Flask
 
 from taskservice import api
+from taskservice.broker import Broker
 from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
+from taskservice.events import Outbox
 from taskservice.extension import EXTENSION_KEY, Pool, TaskServiceExtension
 from taskservice.metrics import Metrics
 from taskservice.models import TaskStatus
@@ -49,38 +51,62 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         app.config["DATABASE_URL"],
         sqlite_synchronous=app.config["TASKSERVICE_SQLITE_SYNCHRONOUS"],
     )
-    pool = build_task_pool(app.config, db, metrics) if start_pool else None
+    amqp_url = app.config["TASKSERVICE_AMQP_URL"]
+    # Events are written only when a broker is configured to publish them.
+    outbox = Outbox(enabled=amqp_url is not None)
+    outbox.watch(db.session)
+    pool = build_task_pool(app.config, db, metrics, outbox) if start_pool else None
     service = TaskService(
         db,
         submit=None if pool is None else pool.workers.submit,
         max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
         metrics=metrics,
+        outbox=outbox,
     )
     metrics.watch_database(service.count_by_status)
     startup = Startup(lambda stopping: start_service(db, service, pool, stopping))
+    broker = None
+    if amqp_url is not None and start_pool:
+        metrics.watch_outbox(service.count_events)
+        broker = Broker(
+            url=amqp_url,
+            prefix=app.config["TASKSERVICE_AMQP_PREFIX"],
+            db=db,
+            service=service,
+            outbox=outbox,
+            metrics=metrics,
+            ready=startup.ready,
+        )
     extension = TaskServiceExtension(
         db=db,
         service=service,
         concurrency=app.config["TASKSERVICE_CONCURRENCY"],
         startup=startup,
         pool=pool,
+        broker=broker,
     )
     try:
         startup.run()  # now, or in the background while the database does not answer
     except BaseException:
         db.dispose()
         raise
+    if broker is not None:
+        broker.start()  # it waits for the start above, and never holds up HTTP
     app.teardown_appcontext(lambda _exc: db.remove_session())
     app.extensions[EXTENSION_KEY] = extension
     return app
 
 
-def build_task_pool(config: Config, db: Database, metrics: Metrics | None = None) -> Pool:
+def build_task_pool(
+    config: Config, db: Database, metrics: Metrics | None = None, outbox: Outbox | None = None
+) -> Pool:
     """The pool lock and the workers, neither taken nor started yet."""
     lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
     watchdog = LockWatchdog(lock)  # started by the server process (gunicorn.conf.py)
     body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
-    runner = TaskRunner(db, body, may_claim=lambda: not watchdog.lost.is_set(), metrics=metrics)
+    runner = TaskRunner(
+        db, body, may_claim=lambda: not watchdog.lost.is_set(), metrics=metrics, outbox=outbox
+    )
     workers = WorkerPool(runner, concurrency=config["TASKSERVICE_CONCURRENCY"])
     return Pool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
 

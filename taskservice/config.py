@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import pika
 from sqlalchemy.exc import ArgumentError
 
 from taskservice.db import SQLITE_SYNCHRONOUS, SUPPORTED_BACKENDS, backend_name, sqlite_path
@@ -63,7 +65,41 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "TASKSERVICE_SQLITE_SYNCHRONOUS": _choice(
             environ, "TASKSERVICE_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS, default="FULL"
         ),
+        "TASKSERVICE_AMQP_URL": _amqp_url(environ, "TASKSERVICE_AMQP_URL"),
+        "TASKSERVICE_AMQP_PREFIX": _amqp_prefix(environ, "TASKSERVICE_AMQP_PREFIX"),
     }
+
+
+def _amqp_url(environ: Mapping[str, str], name: str) -> str | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    # Not echoed back: a URL may carry a password.
+    expected = "expected amqp://user:password@host:5672/vhost (or amqps://)"
+    if not raw.startswith(("amqp://", "amqps://")):
+        raise ConfigError(f"{name} is not an AMQP URL; {expected}")
+    try:
+        pika.URLParameters(raw)
+    except Exception:  # pika raises whatever its parsing meets
+        raise ConfigError(f"{name} is not a valid AMQP URL; {expected}") from None
+    return raw
+
+
+DEFAULT_AMQP_PREFIX = "taskservice"
+# Queue and exchange names are at most 255 bytes; the longest is <prefix>.tasks.create.dead.
+_AMQP_PREFIX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def _amqp_prefix(environ: Mapping[str, str], name: str) -> str:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return DEFAULT_AMQP_PREFIX
+    if not _AMQP_PREFIX.fullmatch(raw) or raw.startswith("amq."):
+        raise ConfigError(
+            f"{name} must be 1 to 100 letters, digits, '.', '_' or '-', not starting with"
+            f" '.' or 'amq.' (reserved by RabbitMQ), got {raw!r}"
+        )
+    return raw
 
 
 # Long enough not to be guessed; visible ASCII, so that any HTTP client can send it.

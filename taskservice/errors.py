@@ -40,6 +40,8 @@ class IdempotencyKeyReused(TaskServiceError):
             f"The Idempotency-Key {key!r} was used for task {task_id} with other fields;"
             " send a new key for a new task."
         )
+        self.key = key
+        self.task_id = task_id
         self.errors = {"headers": {"Idempotency-Key": ["Already used with other fields."]}}
 
 

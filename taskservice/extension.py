@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
+from taskservice.broker import Broker, disabled_health
 from taskservice.db import Database
 from taskservice.pool import LockWatchdog, PoolLock, WorkerPool, keep_until_exit
 from taskservice.runner import TaskRunner
@@ -42,6 +43,7 @@ class TaskServiceExtension:
     concurrency: int
     startup: Startup
     pool: Pool | None = None
+    broker: Broker | None = None
 
     def health(self) -> tuple[dict[str, Any], bool]:
         """A health report, and whether the service can take and run tasks."""
@@ -71,11 +73,16 @@ class TaskServiceExtension:
             "pool_lock": "held" if lock_held else "not held",
             "queued": pool.workers.backlog() if pool else 0,
             "starting": starting,
+            # Not part of `healthy`: HTTP serves and runs tasks while the broker is down.
+            "broker": disabled_health() if self.broker is None else self.broker.health(),
         }
         return report, healthy
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the pool (running tasks get `timeout` s to end), then release the database."""
+        """Stop the broker and the pool (running tasks get `timeout` s); release the database."""
+        if self.broker is not None:
+            # First, so that no message becomes a task the stopping pool would not run.
+            self.broker.stop(timeout)
         if not self.startup.stop(timeout):
             # A start is still trying (connecting, waiting for the lock): what it
             # holds stays held until the process exits, which it is about to.

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from taskservice.models import IdempotencyKey, utcnow
+from taskservice.models import IDEMPOTENCY_KEY_MAX_LENGTH, IdempotencyKey, utcnow
+
+# What a key may be, the same whichever way it comes: visible ASCII and spaces,
+# as an HTTP header carries them.
+KEY_RULE = f"1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters"
+_KEY = re.compile(rf"[\x20-\x7e]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}")
 
 KEYS = cast("Table", IdempotencyKey.__table__)
 
 _FIND = select(KEYS.c.task_id, KEYS.c.fingerprint).where(KEYS.c.key == bindparam("key"))
 _RECORD = insert(KEYS)
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether `key` may be an idempotency key (see KEY_RULE)."""
+    return _KEY.fullmatch(key) is not None and bool(key.strip())
 
 
 def fingerprint(fields: dict[str, Any]) -> str:

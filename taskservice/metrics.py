@@ -68,10 +68,43 @@ class Metrics:
             buckets=_REQUEST_SECONDS,
             registry=self.registry,
         )
+        self.messages = Counter(
+            "taskservice_amqp_messages",
+            "Messages of the create queue handled, by outcome: created (a new task), replayed"
+            " (a repeat of a message_id), dead_lettered, returned (an unexpected error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.replies = Counter(
+            "taskservice_amqp_replies",
+            "Replies sent to a message's reply_to.",
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "taskservice_events_published",
+            "Task events the broker confirmed.",
+            registry=self.registry,
+        )
 
     def watch_database(self, count_by_status: CountByStatus) -> None:
         """Report the tasks by status, the queue depth and the running tasks at each scrape."""
         self.registry.register(_DatabaseGauges(count_by_status))
+
+    def watch_outbox(self, count_events: Callable[[], int]) -> None:
+        """Report the events waiting to be published at each scrape."""
+        self.registry.register(_OutboxGauge(count_events))
+
+    def message_consumed(self, outcome: str) -> None:
+        """Count a message of the create queue that was handled."""
+        self.messages.labels(outcome).inc()
+
+    def reply_sent(self) -> None:
+        """Count a reply to a message."""
+        self.replies.inc()
+
+    def event_published(self) -> None:
+        """Count an event the broker confirmed."""
+        self.events.inc()
 
     def task_created(self, priority: TaskPriority) -> None:
         """Count a created task."""
@@ -120,4 +153,21 @@ class _DatabaseGauges(Collector):
         )
         yield GaugeMetricFamily(
             "taskservice_tasks_running", "Tasks running now.", counts.get(TaskStatus.RUN, 0)
+        )
+
+
+class _OutboxGauge(Collector):
+    """The outbox's length, read at each scrape."""
+
+    def __init__(self, count_events: Callable[[], int]) -> None:
+        self._count_events = count_events
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            pending = self._count_events()
+        except SQLAlchemyError:
+            logger.exception("metrics: the outbox could not be read")
+            return
+        yield GaugeMetricFamily(
+            "taskservice_events_pending", "Task events not yet published.", pending
         )

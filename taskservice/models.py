@@ -75,6 +75,13 @@ class TaskPriority(StrEnum):
 _PRIORITY_RANKS = {TaskPriority.HIGH: 0, TaskPriority.MEDIUM: 1, TaskPriority.LOW: 2}
 
 
+class TaskSource(StrEnum):
+    """The way a task came in."""
+
+    HTTP = "http"
+    AMQP = "amqp"
+
+
 TaskId = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -169,6 +176,9 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Which worker (1 to TASKSERVICE_CONCURRENCY) runs or ran the current attempt.
     slot: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[TaskSource] = mapped_column(
+        _enum_column(TaskSource, "task_source"), server_default=TaskSource.HTTP.value
+    )
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.status.value}>"
@@ -213,4 +223,26 @@ class IdempotencyKey(Base):
     # The SHA-256 of the request as sent, to tell a retry from a reuse.
     fingerprint: Mapped[str] = mapped_column(String(64))
     task_id: Mapped[int] = mapped_column(TaskId, ForeignKey("tasks.id"))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TaskEventRecord(Base):
+    """A change of a task's status, waiting to be published (the outbox).
+
+    Written in the transaction that makes the change, so an event exists
+    exactly when its change committed; the publisher deletes it once the
+    broker has confirmed it.
+    """
+
+    __tablename__ = "task_events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    # The order the changes committed in, for each task (see taskservice.events).
+    id: Mapped[int] = mapped_column(TaskId, primary_key=True)
+    # A UUID: the message's message_id, by which consumers drop a duplicate.
+    event_id: Mapped[str] = mapped_column(String(36))
+    task_id: Mapped[int] = mapped_column(TaskId)
+    routing_key: Mapped[str] = mapped_column(String(32))
+    # The message body: the task as GET /tasks/{id} answered it then, with the event.
+    body: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime)

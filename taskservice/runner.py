@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from taskservice import tasks
 from taskservice.db import Database
 from taskservice.errors import TaskFailed
+from taskservice.events import Outbox, TaskEvent
 from taskservice.metrics import Metrics
 from taskservice.models import TaskRow, TaskStatus
 
@@ -72,9 +73,11 @@ class TaskRunner:
         may_claim: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,  # never the wall clock: it can jump
         metrics: Metrics | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._db = db
         self._metrics = metrics
+        self._outbox = outbox or Outbox(enabled=False)
         self._body = body
         self._may_claim = may_claim
         self._clock = clock
@@ -153,7 +156,9 @@ class TaskRunner:
     def _claim(self, task_id: int, slot: int, retry: bool) -> TaskRow | None:
         with self._db.writing(urgent=True) as session:
             task = tasks.claim_task(session, task_id, slot=slot)
-            if task is None and retry:
+            if task is not None:
+                self._outbox.record(session, TaskEvent.STARTED, task)
+            elif retry:
                 # The failed try may have committed before its answer was lost.
                 # Only this process runs tasks on this database (the pool
                 # lock), so a running task here is the one that try claimed.
@@ -168,11 +173,15 @@ class TaskRunner:
             finished = tasks.finish_task(
                 session, task.id, task.attempts, status=status, exec_time=exec_time, error=error
             )
-            if not finished and retry:
+            if finished is not None:
+                what = TaskEvent.COMPLETED if status is TaskStatus.COMPLETED else TaskEvent.FAILED
+                self._outbox.record(session, what, finished)
+                return True
+            if retry:
                 # As in _claim: the failed try may have recorded the result.
                 current = tasks.get_task(session, task.id)
                 return bool(current.attempts == task.attempts and current.status.is_final)
-            return finished
+            return False
 
     def _retry(self, worker: str, task_id: int, operation: Callable[[bool], T]) -> T:
         """Run `operation(retry)` until it gets through without a database error."""

@@ -8,11 +8,12 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from taskservice import idempotency, tasks
+from taskservice import events, idempotency, tasks
 from taskservice.db import Database
 from taskservice.errors import IdempotencyKeyReused
+from taskservice.events import Outbox, TaskEvent
 from taskservice.metrics import Metrics
-from taskservice.models import TaskPriority, TaskRow, TaskStatus
+from taskservice.models import TaskPriority, TaskRow, TaskSource, TaskStatus
 from taskservice.overview import Overview, read_overview
 
 logger = logging.getLogger(__name__)
@@ -34,16 +35,27 @@ class TaskService:
         *,
         max_queued: int | None = None,
         metrics: Metrics | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._db = db
         self._submit = submit or _not_dispatched
         self._max_queued = max_queued
         self._metrics = metrics
+        self._outbox = outbox or Outbox(enabled=False)
 
-    def create(self, *, name: str | None, duration: float, priority: TaskPriority) -> TaskRow:
+    def create(
+        self,
+        *,
+        name: str | None,
+        duration: float,
+        priority: TaskPriority,
+        source: TaskSource = TaskSource.HTTP,
+    ) -> TaskRow:
         """Record a new task, then queue it; the row is committed first."""
         with self._db.writing() as session:
-            task = self._insert(session, name=name, duration=duration, priority=priority)
+            task = self._insert(
+                session, name=name, duration=duration, priority=priority, source=source
+            )
         self._dispatch(task)
         return task
 
@@ -55,6 +67,7 @@ class TaskService:
         name: str | None,
         duration: float,
         priority: TaskPriority,
+        source: TaskSource = TaskSource.HTTP,
     ) -> tuple[TaskRow, bool]:
         """Create a task under an idempotency key: (the task, whether it already existed).
 
@@ -65,7 +78,9 @@ class TaskService:
             with self._db.writing() as session:
                 known = idempotency.find_key(session, key)
                 if known is None:
-                    task = self._insert(session, name=name, duration=duration, priority=priority)
+                    task = self._insert(
+                        session, name=name, duration=duration, priority=priority, source=source
+                    )
                     idempotency.record_key(session, key, fingerprint, task.id)
         except IntegrityError:
             # Another create took the key after our read: its task stands, ours rolled back.
@@ -82,12 +97,25 @@ class TaskService:
         return task, False
 
     def _insert(
-        self, session: Session, *, name: str | None, duration: float, priority: TaskPriority
+        self,
+        session: Session,
+        *,
+        name: str | None,
+        duration: float,
+        priority: TaskPriority,
+        source: TaskSource,
     ) -> TaskRow:
-        """Insert a queued task in the caller's transaction, within the queue's bound."""
-        return tasks.create_task(
-            session, name=name, duration=duration, priority=priority, max_queued=self._max_queued
+        """Insert a queued task and its event in the caller's transaction, within the bound."""
+        task = tasks.create_task(
+            session,
+            name=name,
+            duration=duration,
+            priority=priority,
+            source=source,
+            max_queued=self._max_queued,
         )
+        self._outbox.record(session, TaskEvent.CREATED, task)
+        return task
 
     def _dispatch(self, task: TaskRow) -> None:
         """Hand a committed task to the pool, count and log it."""
@@ -95,8 +123,9 @@ class TaskService:
         if self._metrics is not None:
             self._metrics.task_created(task.priority)
         logger.info(
-            "task %s created (priority %s, duration %g s)",
+            "task %s created over %s (priority %s, duration %g s)",
             task.id,
+            task.source.value,
             task.priority.value,
             task.duration,
         )
@@ -125,6 +154,11 @@ class TaskService:
         with self._db.reading() as session:
             return tasks.count_by_status(session)
 
+    def count_events(self) -> int:
+        """How many task events wait in the outbox to be published."""
+        with self._db.reading() as session:
+            return events.count_events(session)
+
     def overview(self) -> Overview:
         """A snapshot of the queue for the dashboard, from bounded reads."""
         with self._db.reading() as session:
@@ -139,6 +173,7 @@ class TaskService:
         """Cancel a task that is still queued."""
         with self._db.writing() as session:
             task = tasks.cancel_task(session, task_id)
+            self._outbox.record(session, TaskEvent.CANCELLED, task)
         logger.info("task %s cancelled", task_id)
         return task
 
@@ -146,8 +181,9 @@ class TaskService:
         """Requeue tasks a dead process left running; (rank, id) of all queued tasks."""
         with self._db.writing() as session:
             interrupted = tasks.requeue_interrupted(session)
+            self._outbox.record_many(session, TaskEvent.REQUEUED, interrupted)
             queued = tasks.queued_tasks(session)
         if interrupted:
-            logger.warning("%d interrupted task(s) queued again", interrupted)
+            logger.warning("%d interrupted task(s) queued again", len(interrupted))
         logger.info("%d queued task(s) loaded from the database", len(queued))
         return queued

@@ -15,7 +15,6 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
-    CursorResult,
     Select,
     Table,
     bindparam,
@@ -34,6 +33,7 @@ from taskservice.models import (
     TaskCount,
     TaskPriority,
     TaskRow,
+    TaskSource,
     TaskStatus,
     sources_of,
     utcnow,
@@ -85,12 +85,14 @@ _FINISH = {
         error=bindparam("error_message"),
         finish_time=bindparam("now"),
     )
+    .returning(*TASKS.c)
     for status in (TaskStatus.COMPLETED, TaskStatus.FAILED)
 }
 _REQUEUE = (
     update(TASKS)
     .where(TASKS.c.status.in_(sources_of(TaskStatus.IN_QUEUE)))
     .values(status=TaskStatus.IN_QUEUE, start_time=None, slot=None)
+    .returning(*TASKS.c)
 )
 _RANK = case({p.value: p.rank for p in TaskPriority}, value=TASKS.c.priority)
 _QUEUED = (
@@ -106,6 +108,7 @@ def create_task(
     name: str | None,
     duration: float,
     priority: TaskPriority,
+    source: TaskSource = TaskSource.HTTP,
     max_queued: int | None = None,
 ) -> TaskRow:
     """Insert a new queued task; QueueFull if `max_queued` tasks already wait."""
@@ -121,6 +124,7 @@ def create_task(
         "status": TaskStatus.IN_QUEUE,
         "create_time": utcnow(),
         "attempts": 0,
+        "source": source,
     }
     return session.execute(_INSERT, values).one()
 
@@ -215,8 +219,8 @@ def finish_task(
     exec_time: float,
     error: str | None = None,
     finish_time: datetime | None = None,
-) -> bool:
-    """Record how attempt number `attempt` ended; False if that attempt is not running."""
+) -> TaskRow | None:
+    """Record how attempt number `attempt` ended: the task; None if that attempt is not running."""
     values = {
         "task_id": task_id,
         "attempt": attempt,
@@ -224,19 +228,14 @@ def finish_task(
         "error_message": error,
         "now": finish_time or utcnow(),
     }
-    return _rowcount(session.execute(_FINISH[status], values)) == 1
+    return session.execute(_FINISH[status], values).one_or_none()
 
 
-def requeue_interrupted(session: Session) -> int:
-    """Queue again every task left running by a process that died; return how many."""
-    return _rowcount(session.execute(_REQUEUE))
+def requeue_interrupted(session: Session) -> Sequence[TaskRow]:
+    """Queue again every task left running by a process that died; return them."""
+    return session.execute(_REQUEUE).all()
 
 
 def queued_tasks(session: Session) -> Sequence[tuple[int, int]]:
     """(rank, id) of every queued task, in the order they should run."""
     return [(rank, task_id) for rank, task_id in session.execute(_QUEUED)]
-
-
-def _rowcount(result: Any) -> int:
-    """How many rows the UPDATE behind `result` changed."""
-    return cast("CursorResult[Any]", result).rowcount

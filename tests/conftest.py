@@ -18,8 +18,10 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
+from taskservice.broker import Topology
 from taskservice.db import Database
 from taskservice.extension import EXTENSION_KEY
+from tests.amqp import AMQP_URL, BrokerClient, delete_topology, skip_without_broker
 from tests.leaks import Snapshot, mark_session_scoped
 
 # Tasks of "duration 10" take 10 ms: the code path is the real one, only faster.
@@ -250,3 +252,26 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     monkeypatch.setattr("taskservice.runner.time", SimpleNamespace(sleep=gate.sleep))
     yield gate
     gate.open.set()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The broker's URL; the test skips (fails in CI) where none answers."""
+    skip_without_broker()
+    return AMQP_URL
+
+
+@pytest.fixture
+def amqp_prefix(amqp_url: str) -> Iterator[str]:
+    """A prefix of this test's own; its queues and exchange are deleted after it."""
+    prefix = f"taskservice-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    delete_topology(amqp_url, Topology(prefix))
+
+
+@pytest.fixture
+def broker_client(amqp_url: str, amqp_prefix: str) -> Iterator[BrokerClient]:
+    """A program of the test's own that talks to the service through the broker."""
+    client = BrokerClient(amqp_url, amqp_prefix)
+    yield client
+    client.close()

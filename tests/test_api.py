@@ -31,6 +31,7 @@ TASK_FIELDS = {
     "error",
     "attempts",
     "slot",
+    "source",
 }
 
 

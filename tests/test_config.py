@@ -25,6 +25,8 @@ def test_defaults(tmp_path: Path):
         "TASKSERVICE_LOCK_TIMEOUT": 15.0,
         "TASKSERVICE_MAX_QUEUED": 100_000,
         "TASKSERVICE_SQLITE_SYNCHRONOUS": "FULL",
+        "TASKSERVICE_AMQP_URL": None,
+        "TASKSERVICE_AMQP_PREFIX": "taskservice",
     }
 
 
@@ -35,6 +37,8 @@ def test_values_from_the_environment(tmp_path: Path):
         "TASKSERVICE_TIME_SCALE": "0.5",
         "TASKSERVICE_FAILURE_RATE": "0.25",
         "TASKSERVICE_SQLITE_SYNCHRONOUS": "normal",
+        "TASKSERVICE_AMQP_URL": " amqp://guest:guest@127.0.0.1:5672/%2F ",
+        "TASKSERVICE_AMQP_PREFIX": "billing.tasks",
     }
 
     config = load_config(environ, str(tmp_path))
@@ -44,6 +48,8 @@ def test_values_from_the_environment(tmp_path: Path):
     assert config["TASKSERVICE_TIME_SCALE"] == 0.5
     assert config["TASKSERVICE_FAILURE_RATE"] == 0.25
     assert config["TASKSERVICE_SQLITE_SYNCHRONOUS"] == "NORMAL"
+    assert config["TASKSERVICE_AMQP_URL"] == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert config["TASKSERVICE_AMQP_PREFIX"] == "billing.tasks"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +73,17 @@ def test_values_from_the_environment(tmp_path: Path):
         ("DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite"),
         ("DATABASE_URL", "mysql://root@localhost/tasks", "mysql is not supported"),
         ("DATABASE_URL", "not a url", "DATABASE_URL is not a database URL"),
+        (
+            "TASKSERVICE_AMQP_URL",
+            "http://127.0.0.1:5672",
+            "TASKSERVICE_AMQP_URL is not an AMQP URL",
+        ),
+        ("TASKSERVICE_AMQP_URL", "amqp://h:port/", "TASKSERVICE_AMQP_URL is not a valid AMQP URL"),
+        ("TASKSERVICE_AMQP_URL", "amqp://h/?heartbeat=x", "is not a valid AMQP URL"),
+        ("TASKSERVICE_AMQP_PREFIX", "amq.mine", "TASKSERVICE_AMQP_PREFIX must be 1 to 100"),
+        ("TASKSERVICE_AMQP_PREFIX", ".hidden", "not starting with '.'"),
+        ("TASKSERVICE_AMQP_PREFIX", "with space", "got 'with space'"),
+        ("TASKSERVICE_AMQP_PREFIX", "x" * 101, "TASKSERVICE_AMQP_PREFIX must be 1 to 100"),
     ],
 )
 def test_malformed_settings_are_refused(tmp_path: Path, name: str, value: str, message: str):
@@ -83,10 +100,18 @@ def test_a_weak_or_unsendable_token_is_refused_and_not_echoed(tmp_path: Path, to
     assert token not in str(error.value)
 
 
-def test_a_malformed_url_is_not_echoed(tmp_path: Path):
-    """A database URL may carry a password; the error must not print it."""
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "secret-password-in-a-bad-url"),
+        ("TASKSERVICE_AMQP_URL", "amqp://user:secret@host:notaport/"),
+        ("TASKSERVICE_AMQP_URL", "secret://user:secret@host/"),
+    ],
+)
+def test_a_malformed_url_is_not_echoed(tmp_path: Path, name: str, value: str):
+    """A URL may carry a password; the error must not print it."""
     with pytest.raises(ConfigError) as error:
-        load_config({"DATABASE_URL": "secret-password-in-a-bad-url"}, str(tmp_path))
+        load_config({name: value}, str(tmp_path))
     assert "secret" not in str(error.value)
 
 

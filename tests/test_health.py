@@ -22,6 +22,7 @@ def test_healthy(pool_app: Flask):
         "pool_lock": "held",
         "queued": 0,
         "starting": None,
+        "broker": {"state": "disabled", "last_error": None, "holding": None},
     }
 
 

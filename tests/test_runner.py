@@ -111,7 +111,7 @@ def test_each_step_of_a_task_is_logged(app: Flask, caplog: pytest.LogCaptureFixt
             worker.join(30)
 
     text = caplog.text
-    assert f"task {good} created (priority high, duration 2 s)" in text
+    assert f"task {good} created over http (priority high, duration 2 s)" in text
     assert re.search(rf"worker-1: task {good} started \(attempt 1, waited [0-9.]+ s\)", text)
     assert re.search(rf"worker-1: task {good} completed in [0-9.]+ s", text)
     assert re.search(rf"worker-2: task {bad} failed in [0-9.]+ s: no good", text)
@@ -318,7 +318,10 @@ def test_finish_is_conditional_on_the_attempt(app: Flask):
 
     def finish(attempt: int, status: TaskStatus, exec_time: float) -> bool:
         with db.writing() as session:
-            return tasks.finish_task(session, task_id, attempt, status=status, exec_time=exec_time)
+            finished = tasks.finish_task(
+                session, task_id, attempt, status=status, exec_time=exec_time
+            )
+            return finished is not None
 
     stale = finish(1, TaskStatus.FAILED, 1.0)
     current = finish(2, TaskStatus.COMPLETED, 2.0)

@@ -35,7 +35,7 @@ def test_the_counts_follow_every_change(db: Database):
         assert tasks.finish_task(session, high, 1, status=TaskStatus.COMPLETED, exec_time=1)
         assert tasks.finish_task(session, medium, 1, status=TaskStatus.FAILED, exec_time=1)
         tasks.cancel_task(session, cancelled)
-        assert tasks.requeue_interrupted(session) == 1
+        assert len(tasks.requeue_interrupted(session)) == 1
         session.execute(text("DELETE FROM tasks WHERE id = :id"), {"id": deleted})
 
     assert kept_counts(db) == {

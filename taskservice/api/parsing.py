@@ -14,7 +14,7 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.routing import IntegerConverter, Map, MapAdapter
 
-from taskservice.models import IDEMPOTENCY_KEY_MAX_LENGTH
+from taskservice.idempotency import KEY_RULE, is_valid_key
 
 # The largest integer SQLite and PostgreSQL store; a larger number is no task.
 MAX_TASK_ID = 2**63 - 1
@@ -39,8 +39,6 @@ def task_id_schema(_converter: TaskIdConverter) -> dict[str, Any]:
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-# Visible ASCII and spaces, as an HTTP header carries them.
-_KEY = re.compile(rf"[\x20-\x7e]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}")
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -55,12 +53,11 @@ def idempotency_key(request: Request) -> str | None:
     key = raw.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    if not _KEY.fullmatch(key) or not key.strip():
-        message = f"1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters."
+    if not is_valid_key(key):
         abort(
             422,
-            message=f"The {IDEMPOTENCY_HEADER} header must be {message}",
-            errors={"headers": {IDEMPOTENCY_HEADER: [f"Must be {message}"]}},
+            message=f"The {IDEMPOTENCY_HEADER} header must be {KEY_RULE}.",
+            errors={"headers": {IDEMPOTENCY_HEADER: [f"Must be {KEY_RULE}."]}},
         )
     return key
 

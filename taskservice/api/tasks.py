@@ -18,10 +18,11 @@ from taskservice.api.parsing import (
     idempotency_key,
 )
 from taskservice.api.responses import RETRY_AFTER_HEADER, unauthorized, unavailable
-from taskservice.api.schemas import ErrorSchema, TaskCreateSchema, TaskFilterSchema, TaskSchema
+from taskservice.api.schemas import ErrorSchema, TaskFilterSchema
 from taskservice.extension import get_extension
 from taskservice.idempotency import fingerprint
 from taskservice.models import IDEMPOTENCY_KEY_MAX_LENGTH, TaskRow
+from taskservice.schemas import TaskCreateSchema, TaskSchema
 
 
 class TaskBlueprint(Blueprint):
