@@ -77,6 +77,7 @@ def test_a_task_created_with_the_form_runs_and_a_queued_one_is_cancelled(
     queued = page.locator(f"#queue tr[data-task-id='{task_id}']")
     expect(queued).to_have_attribute("data-status", "In Queue", timeout=WAIT_MS)
     expect(queued).to_contain_text("from the form")
+    expect(queued.locator("td.source")).to_have_text("http")
     # High priority: it is first in line, ahead of the low-priority task queued before it.
     expect(page.locator("#queue tbody tr").first).to_have_attribute("data-task-id", str(task_id))
 
@@ -95,6 +96,7 @@ def test_a_task_created_with_the_form_runs_and_a_queued_one_is_cancelled(
     finished = page.locator(f"#recent tr[data-task-id='{task_id}']")
     expect(finished).to_have_attribute("data-status", "Completed", timeout=WAIT_MS)
     expect(finished).to_contain_text("from the form")
+    expect(finished.locator("td.source")).to_have_text("http")
     expect(page.locator(".count[data-status='Completed'] .number")).to_have_text("3")
     expect(page.locator(".count[data-status='Cancelled'] .number")).to_have_text("1")
     expect(page.locator("#peak")).to_have_text("Most running at once in this window: 2 (limit 2).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.server import ROOT, Server
 
 README = ROOT / "README.md"
@@ -69,3 +71,44 @@ def test_the_readme_examples_work_in_order_on_a_fresh_service(fresh_server: Serv
     assert task["status"] == "Cancelled"
     assert task["name"] == "long one"
     assert '"status":"In Queue"' in result.stdout  # GET /tasks/$id, before the cancel
+
+
+def readme_pika_example() -> str:
+    """The Python block that the README says publishes a task and waits for its answer."""
+    text = README.read_text()
+    after = text.split("This publishes a task and waits for its answer:", 1)[1]
+    match = re.match(r"\s*```python\n(.*?)```", after, re.DOTALL)
+    assert match, "the README's pika example is not a python block right after its heading"
+    return match.group(1)
+
+
+def test_the_readme_pika_example_creates_a_task(
+    tmp_path: Path, amqp_url: str, amqp_prefix: str
+) -> None:
+    example = readme_pika_example()
+    assert '"amqp://guest:guest@127.0.0.1:5672/%2F"' in example
+    script = example.replace('"amqp://guest:guest@127.0.0.1:5672/%2F"', repr(amqp_url)).replace(
+        '"taskservice.tasks.create"', repr(f"{amqp_prefix}.tasks.create")
+    )
+    server = Server(
+        f"sqlite:///{tmp_path / 'tasks.sqlite3'}",
+        tmp_path / "gunicorn.log",
+        TASKSERVICE_AMQP_URL=amqp_url,
+        TASKSERVICE_AMQP_PREFIX=amqp_prefix,
+    )
+    try:
+        server.start().wait_healthy()
+        wait_for(lambda: server.request("GET", "/health")[1]["broker"]["state"] == "connected")
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        server.kill(signal.SIGTERM)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    correlation_id, answer = result.stdout.strip().split(" ", 1)
+    assert correlation_id == "ask-1"
+    task = ast.literal_eval(answer)  # the example prints the decoded JSON as a dict
+    assert task["name"] == "from RabbitMQ"
+    assert task["source"] == "amqp"
+    assert task["priority"] == "high"

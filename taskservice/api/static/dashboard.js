@@ -209,11 +209,12 @@ function renderQueue() {
       element("td", task.priority),
       element("td", seconds(task.duration)),
       element("td", seconds(now - epoch(task.create_time))),
+      element("td", task.source, { class: "source" }),
       cell,
     );
     return row;
   });
-  if (!rows.length) rows.push(emptyRow(6, "The queue is empty."));
+  if (!rows.length) rows.push(emptyRow(7, "The queue is empty."));
   tbody.replaceChildren(...rows);
 }
 
@@ -228,10 +229,11 @@ function renderRecent() {
       element("td", seconds(waited)),
       element("td", seconds(task.time_to_execute)),
       element("td", time(task.finish_time)),
+      element("td", task.source, { class: "source" }),
     );
     return row;
   });
-  if (!rows.length) rows.push(emptyRow(6, "Nothing has finished yet."));
+  if (!rows.length) rows.push(emptyRow(7, "Nothing has finished yet."));
   $("#recent tbody").replaceChildren(...rows);
 }
 
