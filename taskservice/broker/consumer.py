@@ -40,6 +40,7 @@ LAST_HOLD = 5.0
 
 ERROR_HEADER = "x-taskservice-error"
 ERRORS_HEADER = "x-taskservice-errors"
+MAX_ERRORS_HEADER = 8192
 
 Delivery = tuple[Any, Any, bytes]  # (method, properties, body) as pika hands them over
 
@@ -173,8 +174,10 @@ class Consumer(Link):
         """Put the message, as it came, on the dead-letter queue with the reason in its headers."""
         headers = dict(properties.headers or {})
         headers[ERROR_HEADER] = refused.message[:1000]
-        if refused.errors:
-            headers[ERRORS_HEADER] = encode_json(refused.errors).decode()[:4000]
+        errors = encode_json(refused.errors).decode()
+        # A header must fit in one frame with the rest; the reason above still says it all.
+        if refused.errors and len(errors) <= MAX_ERRORS_HEADER:
+            headers[ERRORS_HEADER] = errors
         dead = pika.BasicProperties(
             content_type=properties.content_type,
             content_encoding=properties.content_encoding,

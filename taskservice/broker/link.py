@@ -109,6 +109,12 @@ class Link(threading.Thread, ABC):
             except BROKER_ERRORS as error:
                 self.state.down(error)
                 logger.warning("%s: broker connection lost: %s", self.name, describe(error))
+            except Exception as error:
+                # A bug must not end the thread: consuming or publishing would
+                # stop for good while /health said nothing. Start over instead.
+                self.state.down(error)
+                logger.exception("%s: unexpected error; reconnecting in %.1f s", self.name, delay)
+                self.stopping.wait(delay)
             else:
                 self.state.down(None)
             finally:

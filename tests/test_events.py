@@ -1,0 +1,132 @@
+"""The outbox: an event for each committed change, none for one that rolled back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from taskservice import tasks
+from taskservice.db import Database
+from taskservice.errors import QueueFull, TaskNotCancellable
+from taskservice.events import Outbox, pending_events, remove_events
+from taskservice.models import TaskPriority, TaskStatus
+from taskservice.runner import TaskRunner
+from taskservice.service import TaskService
+
+
+@pytest.fixture
+def outbox(db: Database) -> Outbox:
+    outbox = Outbox(enabled=True)
+    outbox.watch(db.session)
+    return outbox
+
+
+@pytest.fixture
+def service(db: Database, outbox: Outbox) -> TaskService:
+    return TaskService(db, max_queued=3, outbox=outbox)
+
+
+def events(db: Database) -> list[dict[str, Any]]:
+    with db.reading() as session:
+        rows = pending_events(session, 1000)
+    return [{**json.loads(row.body), "routing_key": row.routing_key, "row": row} for row in rows]
+
+
+def test_each_change_of_a_task_writes_one_event_in_order(
+    db: Database, service: TaskService, outbox: Outbox
+):
+    task = service.create(name="x", duration=0, priority=TaskPriority.HIGH)
+    runner = TaskRunner(db, body=lambda _task: None, outbox=outbox)
+    runner(task.id, 1)
+
+    written = events(db)
+
+    assert [(e["event"], e["routing_key"], e["status"]) for e in written] == [
+        ("created", "task.in_queue", "In Queue"),
+        ("started", "task.run", "Run"),
+        ("completed", "task.completed", "Completed"),
+    ]
+    assert {e["id"] for e in written} == {task.id}
+    assert all(e["row"].event_id == e["event_id"] for e in written)
+    assert len({e["event_id"] for e in written}) == 3
+    # The task as GET /tasks/{id} showed it after the change.
+    assert written[1]["attempts"] == 1
+    assert written[1]["slot"] == 1
+    assert written[2]["time_to_execute"] is not None
+
+
+def test_a_failed_a_cancelled_and_a_requeued_task(
+    db: Database, service: TaskService, outbox: Outbox
+):
+    failed = service.create(name=None, duration=13, priority=TaskPriority.LOW)
+    TaskRunner(db, body=_raise, outbox=outbox)(failed.id, 1)
+    cancelled = service.create(name=None, duration=1, priority=TaskPriority.LOW)
+    service.cancel(cancelled.id)
+    interrupted = service.create(name=None, duration=1, priority=TaskPriority.LOW)
+    with db.writing() as session:
+        assert tasks.claim_task(session, interrupted.id, slot=2) is not None
+    service.recover()  # as after a crash: it was left running
+
+    by_task: dict[int, list[str]] = {}
+    for event in events(db):
+        by_task.setdefault(event["id"], []).append(event["routing_key"])
+
+    assert by_task[failed.id] == ["task.in_queue", "task.run", "task.failed"]
+    assert by_task[cancelled.id] == ["task.in_queue", "task.cancelled"]
+    # The claim above went around the runner, so only the create and the requeue are there.
+    assert by_task[interrupted.id] == ["task.in_queue", "task.in_queue"]
+    assert [e["event"] for e in events(db) if e["id"] == interrupted.id] == [
+        "created",
+        "requeued",
+    ]
+
+
+def _raise(_task: Any) -> None:
+    raise RuntimeError("boom")
+
+
+def test_a_change_that_does_not_commit_writes_no_event(db: Database, service: TaskService):
+    made = [service.create(name=None, duration=1, priority=TaskPriority.LOW) for _ in range(3)]
+    with pytest.raises(QueueFull):
+        service.create(name=None, duration=1, priority=TaskPriority.LOW)
+    with db.writing() as session:
+        tasks.claim_task(session, made[0].id, slot=1)
+    with pytest.raises(TaskNotCancellable):
+        service.cancel(made[0].id)
+
+    assert [(e["id"], e["event"]) for e in events(db)] == [(t.id, "created") for t in made]
+
+
+def test_a_commit_with_an_event_wakes_the_publisher(
+    db: Database, service: TaskService, outbox: Outbox
+):
+    outbox.written.clear()
+    service.count_by_status()  # a read: nothing to publish
+    assert not outbox.written.is_set()
+
+    service.create(name=None, duration=1, priority=TaskPriority.LOW)
+
+    assert outbox.written.is_set()
+
+
+def test_published_events_are_removed(db: Database, service: TaskService):
+    for _ in range(3):
+        service.create(name=None, duration=1, priority=TaskPriority.LOW)
+    first, *rest = events(db)
+
+    with db.writing() as session:
+        remove_events(session, [first["row"].id])
+
+    assert [e["row"].id for e in events(db)] == [e["row"].id for e in rest]
+    assert service.count_events() == 2
+
+
+def test_without_a_broker_no_event_is_kept(db: Database):
+    service = TaskService(db, outbox=Outbox(enabled=False))
+    task = service.create(name=None, duration=1, priority=TaskPriority.LOW)
+    service.cancel(task.id)
+
+    assert events(db) == []
+    assert service.get(task.id).status is TaskStatus.CANCELLED
