@@ -77,7 +77,9 @@ class Metrics:
         )
         self.replies = Counter(
             "taskservice_amqp_replies",
-            "Replies sent to a message's reply_to.",
+            "Replies to a message's reply_to, by outcome: sent, or lost (no such queue, or it"
+            " refused the reply).",
+            ["outcome"],
             registry=self.registry,
         )
         self.events = Counter(
@@ -99,8 +101,12 @@ class Metrics:
         self.messages.labels(outcome).inc()
 
     def reply_sent(self) -> None:
-        """Count a reply to a message."""
-        self.replies.inc()
+        """Count a reply the broker took."""
+        self.replies.labels("sent").inc()
+
+    def reply_lost(self) -> None:
+        """Count a reply the broker could not deliver."""
+        self.replies.labels("lost").inc()
 
     def event_published(self) -> None:
         """Count an event the broker confirmed."""

@@ -92,7 +92,13 @@ class TaskService:
             task_id, used_with = known
             if used_with != fingerprint:
                 raise IdempotencyKeyReused(key, task_id)
-            return self.get(task_id), True
+            task = self.get(task_id)
+            if task.status is TaskStatus.IN_QUEUE:
+                # The first try may have committed and lost its answer before it
+                # queued the task (a connection lost during COMMIT). Queuing it
+                # again is harmless: a claim takes a task once, and skips it after.
+                self._submit(task.priority.rank, task.id)
+            return task, True
         self._dispatch(task)
         return task, False
 

@@ -48,13 +48,29 @@ def broker_answers() -> bool:
         return False
 
 
-def delete_topology(url: str, topology: Topology) -> None:
+def delete_topology(url: str, topology: Topology) -> list[str]:
+    """Delete the queues and the exchange of `topology`; the names that were still there after."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
         for queue in (topology.create_queue, topology.dead_letter_queue):
             channel.queue_delete(queue)
         channel.exchange_delete(topology.events_exchange)
+        # Something still running (an app not yet closed) would declare them again.
+        left = []
+        for name, declare in (
+            (topology.create_queue, lambda c, n: c.queue_declare(n, passive=True)),
+            (topology.dead_letter_queue, lambda c, n: c.queue_declare(n, passive=True)),
+            (topology.events_exchange, lambda c, n: c.exchange_declare(n, passive=True)),
+        ):
+            probe = connection.channel()
+            try:
+                declare(probe, name)
+            except pika.exceptions.ChannelClosedByBroker:
+                continue  # 404: gone, as it should be
+            left.append(name)
+            probe.close()
+        return left
     finally:
         connection.close()
 

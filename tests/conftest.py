@@ -266,7 +266,11 @@ def amqp_prefix(amqp_url: str) -> Iterator[str]:
     """A prefix of this test's own; its queues and exchange are deleted after it."""
     prefix = f"taskservice-test-{uuid.uuid4().hex[:12]}"
     yield prefix
-    delete_topology(amqp_url, Topology(prefix))
+    left = delete_topology(amqp_url, Topology(prefix))
+    if left:
+        # Deleted, then declared again by something the test left running.
+        delete_topology(amqp_url, Topology(prefix))
+        pytest.fail(f"the test left {left} behind: close the app before its prefix goes")
 
 
 @pytest.fixture

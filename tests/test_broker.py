@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pika
 import pika.exceptions
 import pytest
 from flask import Flask
+from sqlalchemy import create_engine, text
 
 from taskservice.broker import DELIVERY_LIMIT, ERROR_HEADER, ERRORS_HEADER
 from taskservice.db import sqlite_path
@@ -49,7 +52,8 @@ def consumed(client: BrokerClient) -> bool:
 
 
 @pytest.fixture
-def app(make_app: AppFactory, amqp_url: str, amqp_prefix: str) -> Flask:
+def app(amqp_prefix: str, make_app: AppFactory, amqp_url: str) -> Flask:
+    # amqp_prefix first: torn down last, after the app has closed its connections.
     return broker_app(make_app, amqp_url, amqp_prefix)
 
 
@@ -130,7 +134,7 @@ def test_n_messages_with_repeats_make_one_task_per_key(app: Flask, broker_client
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'taskservice_amqp_messages_total{outcome="created"} 25.0' in metrics
     assert 'taskservice_amqp_messages_total{outcome="replayed"} 10.0' in metrics
-    assert "taskservice_amqp_replies_total 35.0" in metrics
+    assert 'taskservice_amqp_replies_total{outcome="sent"} 35.0' in metrics
 
 
 BAD_MESSAGES = [
@@ -277,7 +281,7 @@ def test_a_cut_connection_is_made_again(app: Flask, broker_client: BrokerClient,
 
 
 def test_the_service_starts_and_serves_without_its_broker(
-    make_app: AppFactory, amqp_prefix: str, broker_client: BrokerClient
+    amqp_prefix: str, broker_client: BrokerClient, make_app: AppFactory
 ):
     proxy = TcpProxy(broker_address()).start()
     try:
@@ -311,24 +315,54 @@ def test_the_service_starts_and_serves_without_its_broker(
         proxy.close()
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_message_is_held_while_the_database_refuses_writes(
-    make_app: AppFactory, amqp_url: str, amqp_prefix: str, broker_client: BrokerClient
-):
-    app = broker_app(make_app, amqp_url, amqp_prefix)
-    path = sqlite_path(app.config["DATABASE_URL"])
-    assert path is not None
-    replies = broker_client.reply_queue()
-    blocker = sqlite3.connect(path, isolation_level=None)
+@contextmanager
+def refusing_writes(app: Flask) -> Iterator[str]:
+    """The database refuses to create tasks until the block ends; what the hold should say.
+
+    SQLite: another connection holds the write lock. PostgreSQL: a trigger
+    answers as a read-only server does (SQLSTATE 25006, as after a failover to a
+    standby), which psycopg raises as an InternalError, not an OperationalError.
+    """
+    url = app.config["DATABASE_URL"]
+    path = sqlite_path(url)
+    if path is not None:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            yield "locked"
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        return
+    engine = create_engine(url)
     try:
-        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        with engine.begin() as connection:
+            connection.execute(text(READ_ONLY_TRIGGER))
+        yield "read-only"
+        with engine.begin() as connection:
+            connection.execute(text("DROP TRIGGER refuse_writes ON tasks"))
+    finally:
+        engine.dispose()
+
+
+READ_ONLY_TRIGGER = """
+CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction' USING ERRCODE = '25006';
+END $$;
+CREATE TRIGGER refuse_writes BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION refuse_writes();
+"""
+
+
+def test_a_message_is_held_while_the_database_refuses_writes(
+    app: Flask, broker_client: BrokerClient
+):
+    replies = broker_client.reply_queue()
+    with refusing_writes(app) as why:
         broker_client.publish({"name": "held"}, message_id="held", reply_to=replies)
         wait_for(lambda: broker_health(app)["holding"] is not None, timeout=20)
-        assert "locked" in broker_health(app)["holding"]
+        assert why in broker_health(app)["holding"]
         assert broker_client.get(replies) is None
-        blocker.execute("ROLLBACK")
-    finally:
-        blocker.close()
 
     _properties, task = reply_of(broker_client, replies)
     assert task["name"] == "held"
@@ -367,3 +401,88 @@ def test_health_says_disabled_without_a_broker(make_app: AppFactory):
 
     assert status == 200
     assert health["broker"] == {"state": "disabled", "last_error": None, "holding": None}
+
+
+def test_a_message_with_a_property_that_is_not_utf8_is_dead_lettered(
+    app: Flask, broker_client: BrokerClient
+):
+    broker_client.publish({"name": "x"}, message_id=b"\xff\xfe-key")  # type: ignore[arg-type]
+
+    _method, dead, _body = wait_for(
+        lambda: broker_client.get(broker_client.topology.dead_letter_queue), timeout=15
+    )
+    assert dead.headers[ERROR_HEADER] == "The message's message_id is not UTF-8 text."
+    assert json.loads(dead.headers[ERRORS_HEADER]) == {
+        "properties": {"message_id": ["Not UTF-8 text."]}
+    }
+    assert all_tasks(app) == []
+
+
+def test_too_many_field_errors_for_a_header_still_give_the_reason(
+    app: Flask, broker_client: BrokerClient
+):
+    broker_client.publish({f"unknown field {number}": 1 for number in range(600)})
+
+    _method, dead, _body = wait_for(
+        lambda: broker_client.get(broker_client.topology.dead_letter_queue), timeout=15
+    )
+    assert dead.headers[ERROR_HEADER].startswith("The body's fields are not valid: unknown field")
+    assert ERRORS_HEADER not in dead.headers
+    assert all_tasks(app) == []
+
+
+def test_a_reply_the_broker_refuses_does_not_repeat_the_message(
+    app: Flask, broker_client: BrokerClient
+):
+    full = str(
+        broker_client.channel.queue_declare(
+            "", exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        ).method.queue
+    )
+
+    broker_client.publish({"name": "no room for the answer"}, reply_to=full)
+
+    wait_for(lambda: 'taskservice_amqp_replies_total{outcome="lost"} 1.0' in metrics_text(app))
+    assert [task.name for task in all_tasks(app)] == ["no room for the answer"]
+    assert consumed(broker_client)
+    assert broker_health(app)["state"] == "connected"
+
+
+def test_consuming_goes_on_after_the_queue_is_deleted(app: Flask, broker_client: BrokerClient):
+    replies = broker_client.reply_queue()
+    broker_client.channel.queue_delete(broker_client.topology.create_queue)
+
+    def answered() -> Any:
+        # The queue comes back when the consumer reconnects and declares it.
+        try:
+            broker_client.publish({"name": "after"}, message_id="after", reply_to=replies)
+        except pika.exceptions.UnroutableError:
+            return None
+        return wait_for(lambda: broker_client.get(replies), timeout=15)
+
+    wait_for(answered, timeout=30, interval=0.2)
+    assert [task.name for task in all_tasks(app)] == ["after"]
+
+
+def test_an_unexpected_error_in_a_broker_thread_is_survived(
+    app: Flask, broker_client: BrokerClient, monkeypatch: pytest.MonkeyPatch
+):
+    consumer = app.extensions[EXTENSION_KEY].broker.consumer
+    real_handle = consumer._handle
+    failures = []
+
+    def fail_once(*args: Any) -> None:
+        if not failures:
+            failures.append(args)
+            raise RuntimeError("a bug outside the intake")
+        real_handle(*args)
+
+    monkeypatch.setattr(consumer, "_handle", fail_once)
+    replies = broker_client.reply_queue()
+    broker_client.publish({"name": "survived"}, message_id="s", reply_to=replies)
+
+    _properties, task = reply_of(broker_client, replies)
+    assert task["name"] == "survived"
+    assert failures
+    assert "RuntimeError: a bug outside the intake" in broker_health(app)["last_error"]
+    assert consumer.is_alive()

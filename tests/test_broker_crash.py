@@ -40,7 +40,7 @@ def count(database_url: str, column: Any, *where: Any) -> int:
 
 
 def test_sigkill_and_sigterm_while_consuming_make_each_message_one_task(
-    database_url: str, tmp_path: Path, amqp_url: str, amqp_prefix: str, broker_client: BrokerClient
+    amqp_prefix: str, broker_client: BrokerClient, database_url: str, tmp_path: Path, amqp_url: str
 ):
     migrated = Database(database_url)
     migrated.upgrade_schema()  # so that the test can count tasks before the first start

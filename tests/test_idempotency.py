@@ -9,7 +9,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from taskservice.db import Database
 from taskservice.extension import get_extension
+from taskservice.models import TaskPriority
+from taskservice.service import TaskService
 from tests.conftest import AppFactory
 
 
@@ -135,3 +138,22 @@ def test_the_document_describes_the_header(client: FlaskClient):
 
     assert {"in": "header", "name": "Idempotency-Key"}.items() <= operation["parameters"][0].items()
     assert "Idempotent-Replayed" in operation["responses"]["201"]["headers"]
+
+
+def test_a_replay_of_a_task_still_queued_queues_it_again(db: Database):
+    """The first try may have committed, lost its answer, and never queued its task."""
+    submitted: list[tuple[int, int]] = []
+    service = TaskService(db, submit=lambda rank, task_id: submitted.append((rank, task_id)))
+    fields = {"name": None, "duration": 1.0, "priority": TaskPriority.HIGH}
+    task, _ = service.create_once(key="k", fingerprint="f", **fields)
+    submitted.clear()  # as if the first try's answer was lost before it queued the task
+
+    again, replayed = service.create_once(key="k", fingerprint="f", **fields)
+    assert again.id == task.id
+
+    assert replayed
+    assert submitted == [(TaskPriority.HIGH.rank, task.id)]
+    service.cancel(task.id)
+    submitted.clear()
+    service.create_once(key="k", fingerprint="f", **fields)
+    assert submitted == []  # no longer queued: nothing to run

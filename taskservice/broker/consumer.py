@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pika
-from sqlalchemy.exc import OperationalError
+import pika.exceptions
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 from taskservice.broker.link import Link
 from taskservice.broker.topology import Topology
-from taskservice.db import is_transient
 from taskservice.errors import QueueFull
 from taskservice.intake import Accepted, Message, Refused, TaskIntake
 from taskservice.metrics import Metrics
@@ -37,19 +37,37 @@ PREFETCH = 10
 POLL_SECONDS = 0.25
 FIRST_HOLD = 0.1
 LAST_HOLD = 5.0
+# How long a message that met an unexpected error waits before it goes back:
+# its deliveries then take seconds, not milliseconds, to reach the limit.
+RETURN_DELAY = 0.5
 
 ERROR_HEADER = "x-taskservice-error"
 ERRORS_HEADER = "x-taskservice-errors"
-MAX_ERRORS_HEADER = 8192
+MAX_ERRORS_HEADER = 8192  # bytes
+# The message's own headers are copied to its dead letter up to this size (as
+# pika encodes them, roughly): the broker refuses a header frame over its frame_max.
+MAX_COPIED_HEADERS = 64 * 1024
+# Properties that are short strings in AMQP, which pika hands over as bytes
+# when they are not UTF-8.
+_TEXT_PROPERTIES = ("message_id", "content_type", "content_encoding", "reply_to", "correlation_id")
 
 Delivery = tuple[Any, Any, bytes]  # (method, properties, body) as pika hands them over
 
 
 def must_hold(error: BaseException) -> bool:
-    """Whether a message that met `error` should be held and tried again, not returned."""
+    """Whether a message that met `error` should be held and tried again, not returned.
+
+    Every database error but those that say the statement itself is wrong
+    (an integrity, data or programming error) is taken to pass: a database
+    that is down, read-only (a failover), out of connections, or that chose
+    this transaction to abort. Holding costs time; returning the message would
+    count against the delivery limit and, over a long outage, dead-letter it.
+    """
     if isinstance(error, QueueFull):
         return True
-    return isinstance(error, OperationalError) and is_transient(error)
+    return isinstance(error, SQLAlchemyError) and not isinstance(
+        error, (IntegrityError, DataError, ProgrammingError)
+    )
 
 
 class Consumer(Link):
@@ -86,16 +104,25 @@ class Consumer(Link):
         self._topology.declare(channel)
         channel.basic_qos(prefetch_count=PREFETCH)
         inbox: deque[Delivery] = deque()
+        cancelled: list[Any] = []
+        # The broker cancels a consumer whose queue is deleted; pika would drop
+        # that silently and the service would consume nothing while connected.
+        channel.add_on_cancel_callback(cancelled.append)
         tag = channel.basic_consume(
             self._topology.create_queue,
             on_message_callback=lambda _channel, method, properties, body: inbox.append(
                 (method, properties, body)
             ),
         )
+        self.ready_to_work()
         while not self.stopping.is_set():
             connection.process_data_events(time_limit=POLL_SECONDS)
             while inbox:
                 self._handle(connection, channel, *inbox.popleft())
+            if cancelled:
+                raise pika.exceptions.ConsumerCancelled(
+                    f"the broker cancelled the consumer of {self._topology.create_queue}"
+                )
         # The broker sends no more; what it sent but pika has not handed over
         # goes back now, and what was handed over is ended here.
         channel.basic_cancel(tag)
@@ -106,13 +133,26 @@ class Consumer(Link):
         self, connection: Any, channel: Any, method: Any, properties: Any, body: bytes
     ) -> None:
         """Make the message a task or a dead letter, answer it, then ack it."""
-        message = Message(
-            body=body,
-            message_id=properties.message_id,
-            content_type=properties.content_type,
-            content_encoding=properties.content_encoding,
-        )
-        outcome = self._take(connection, channel, method, message)
+        garbled = [
+            name for name in _TEXT_PROPERTIES if isinstance(getattr(properties, name), bytes)
+        ]
+        outcome: Accepted | Refused | None
+        if garbled:
+            for name in garbled:  # so that the dead letter and the reply can carry them
+                setattr(properties, name, getattr(properties, name).decode("utf-8", "replace"))
+            outcome = Refused(
+                422,
+                f"The message's {', '.join(garbled)} is not UTF-8 text.",
+                {"properties": {name: ["Not UTF-8 text."] for name in garbled}},
+            )
+        else:
+            message = Message(
+                body=body,
+                message_id=properties.message_id,
+                content_type=properties.content_type,
+                content_encoding=properties.content_encoding,
+            )
+            outcome = self._take(connection, channel, method, message)
         if outcome is None:
             return
         if isinstance(outcome, Refused):
@@ -148,6 +188,7 @@ class Consumer(Link):
                             "amqp: message %s could not be handled; returned to the queue",
                             message.message_id,
                         )
+                        _sleep(connection, RETURN_DELAY, self.stopping)
                         channel.basic_nack(method.delivery_tag, requeue=True)
                         self._metrics.message_consumed("returned")
                         return None
@@ -173,11 +214,13 @@ class Consumer(Link):
     def _dead_letter(self, channel: Any, properties: Any, body: bytes, refused: Refused) -> None:
         """Put the message, as it came, on the dead-letter queue with the reason in its headers."""
         headers = dict(properties.headers or {})
+        if len(repr(headers)) > MAX_COPIED_HEADERS:
+            headers = {}
         headers[ERROR_HEADER] = refused.message[:1000]
-        errors = encode_json(refused.errors).decode()
+        errors = encode_json(refused.errors)
         # A header must fit in one frame with the rest; the reason above still says it all.
         if refused.errors and len(errors) <= MAX_ERRORS_HEADER:
-            headers[ERRORS_HEADER] = errors
+            headers[ERRORS_HEADER] = errors.decode()
         dead = pika.BasicProperties(
             content_type=properties.content_type,
             content_encoding=properties.content_encoding,
@@ -207,13 +250,16 @@ class Consumer(Link):
             channel.basic_publish(
                 "", properties.reply_to, encode_json(document), reply, mandatory=True
             )
-        except pika.exceptions.UnroutableError:
-            # The asker's queue is gone; the task stands, and the message is done.
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
+            # The asker's queue is gone or refuses the reply (full): the task
+            # stands and the message is done; retrying could make it twice.
             logger.warning(
-                "amqp: no queue %r to reply to for message %s",
+                "amqp: reply to %r for message %s not delivered: %s",
                 properties.reply_to,
                 properties.message_id,
+                type(error).__name__,
             )
+            self._metrics.reply_lost()
             return
         self._metrics.reply_sent()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 # never so slow that a broker that is back waits long for the service.
 FIRST_RETRY = 0.5
 LAST_RETRY = 15.0
+# A connection that worked this long before it failed starts the backoff
+# over; one that fails sooner (a declare the broker refuses) keeps backing off.
+STEADY_SECONDS = 30.0
 # Seconds a connection may wait for the TCP connect, the handshake, or a
 # broker that blocks publishers (a memory or disk alarm) before it is dropped
 # and made again.
@@ -79,7 +83,15 @@ class Link(threading.Thread, ABC):
 
     @abstractmethod
     def work(self, connection: pika.BlockingConnection) -> None:
-        """Use `connection` until `stopping` is set; raise a broker error if it fails."""
+        """Use `connection` until `stopping` is set; raise a broker error if it fails.
+
+        Calls `ready_to_work` once its channel is set up (the topology declared).
+        """
+
+    def ready_to_work(self) -> None:
+        """Say the connection is up and its channel set up: /health says `connected`."""
+        self.state.up()
+        logger.info("%s: connected to the broker", self.name)
 
     def run(self) -> None:
         """Wait for the service to start, then connect and work, reconnecting with backoff."""
@@ -98,27 +110,36 @@ class Link(threading.Thread, ABC):
                     describe(error),
                     delay,
                 )
-                self.stopping.wait(delay)
-                delay = min(delay * 2, LAST_RETRY)
-                continue
-            delay = FIRST_RETRY
-            self.state.up()
-            logger.info("%s: connected to the broker", self.name)
-            try:
-                self.work(connection)
-            except BROKER_ERRORS as error:
-                self.state.down(error)
-                logger.warning("%s: broker connection lost: %s", self.name, describe(error))
-            except Exception as error:
-                # A bug must not end the thread: consuming or publishing would
-                # stop for good while /health said nothing. Start over instead.
-                self.state.down(error)
-                logger.exception("%s: unexpected error; reconnecting in %.1f s", self.name, delay)
-                self.stopping.wait(delay)
             else:
-                self.state.down(None)
-            finally:
-                _close(connection)
+                began = time.monotonic()
+                self._work_on(connection, delay)
+                if time.monotonic() - began > STEADY_SECONDS:
+                    delay = FIRST_RETRY  # it worked for a while: the next fault is a new one
+            if self.stopping.wait(delay):
+                return
+            delay = min(delay * 2, LAST_RETRY)
+
+    def _work_on(self, connection: pika.BlockingConnection, delay: float) -> None:
+        """Work on an open connection until it fails or the thread stops, then close it."""
+        try:
+            self.work(connection)
+        except BROKER_ERRORS as error:
+            self.state.down(error)
+            logger.warning(
+                "%s: broker connection lost (%s); reconnecting in %.1f s at most",
+                self.name,
+                describe(error),
+                delay,
+            )
+        except Exception as error:
+            # A bug must not end the thread: consuming or publishing would
+            # stop for good while /health said nothing. Start over instead.
+            self.state.down(error)
+            logger.exception("%s: unexpected error; reconnecting", self.name)
+        else:
+            self.state.down(None)
+        finally:
+            _close(connection)
 
     def _parameters(self) -> pika.URLParameters:
         parameters = pika.URLParameters(self._url)

@@ -64,6 +64,7 @@ class Publisher(Link):
         channel = connection.channel()
         channel.confirm_delivery()
         self._topology.declare(channel)
+        self.ready_to_work()
         delay = FIRST_RETRY
         while not self.stopping.is_set():
             # Cleared before the read: an event committed after it sets it again.
