@@ -486,3 +486,30 @@ def test_an_unexpected_error_in_a_broker_thread_is_survived(
     assert failures
     assert "RuntimeError: a bug outside the intake" in broker_health(app)["last_error"]
     assert consumer.is_alive()
+
+
+def test_a_connection_lost_between_commit_and_ack_makes_no_second_task(
+    app: Flask, broker_client: BrokerClient, monkeypatch: pytest.MonkeyPatch
+):
+    """The window a SIGKILL can hit: the task is committed, the ack never sent."""
+    consumer = app.extensions[EXTENSION_KEY].broker.consumer
+    real_reply = consumer._reply
+    cuts = []
+
+    def cut_once(*args: Any) -> None:
+        if not cuts:  # the row is committed; the connection goes before the ack
+            cuts.append(args)
+            raise pika.exceptions.StreamLostError("cut by the test")
+        real_reply(*args)
+
+    monkeypatch.setattr(consumer, "_reply", cut_once)
+    replies = broker_client.reply_queue()
+    broker_client.publish({"name": "once"}, message_id="once", reply_to=replies)
+
+    _properties, task = reply_of(broker_client, replies)
+    assert cuts
+    assert [stored.id for stored in all_tasks(app)] == [task["id"]]
+    metrics = metrics_text(app)
+    assert 'taskservice_amqp_messages_total{outcome="created"} 1.0' in metrics
+    assert 'taskservice_amqp_messages_total{outcome="replayed"} 1.0' in metrics
+    wait_for(lambda: consumed(broker_client))
