@@ -14,10 +14,10 @@ from taskservice.broker import Broker
 from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
 from taskservice.events import Outbox
-from taskservice.extension import EXTENSION_KEY, Pool, TaskServiceExtension
+from taskservice.extension import EXTENSION_KEY, TaskServiceExtension
 from taskservice.metrics import Metrics
 from taskservice.models import TaskStatus
-from taskservice.pool import LockWatchdog, WorkerPool, pool_lock_for, wait_out_lost_holder
+from taskservice.pool import LocalPool, LockWatchdog, Recovery, WorkerPool, pool_lock_for
 from taskservice.runner import TaskRunner, sleep_body
 from taskservice.service import TaskService
 from taskservice.startup import Startup
@@ -58,13 +58,18 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     pool = build_task_pool(app.config, db, metrics, outbox) if start_pool else None
     service = TaskService(
         db,
-        submit=None if pool is None else pool.workers.submit,
+        submit=None if pool is None else pool.submit,
         max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
         metrics=metrics,
         outbox=outbox,
     )
     metrics.watch_database(service.count_by_status)
-    startup = Startup(lambda stopping: start_service(db, service, pool, stopping))
+    recovery = Recovery(
+        migrate=db.upgrade_schema,
+        count_running=lambda: service.count(status=TaskStatus.RUN),
+        recover=service.recover,
+    )
+    startup = Startup(lambda stopping: start_service(recovery, pool, stopping))
     broker = None
     if amqp_url is not None and start_pool:
         metrics.watch_outbox(service.count_events)
@@ -99,7 +104,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
 
 def build_task_pool(
     config: Config, db: Database, metrics: Metrics | None = None, outbox: Outbox | None = None
-) -> Pool:
+) -> LocalPool:
     """The pool lock and the workers, neither taken nor started yet."""
     lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
     watchdog = LockWatchdog(lock)  # started by the server process (gunicorn.conf.py)
@@ -108,37 +113,12 @@ def build_task_pool(
         db, body, may_claim=lambda: not watchdog.lost.is_set(), metrics=metrics, outbox=outbox
     )
     workers = WorkerPool(runner, concurrency=config["TASKSERVICE_CONCURRENCY"])
-    return Pool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
+    return LocalPool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
 
 
-def start_service(
-    db: Database, service: TaskService, pool: Pool | None, stopping: threading.Event
-) -> bool:
-    """Take the pool lock, migrate, queue what the database holds and start the workers.
-
-    Whether it started: not if `stopping` was set, or the lock was lost meanwhile.
-    """
+def start_service(recovery: Recovery, pool: LocalPool | None, stopping: threading.Event) -> bool:
+    """Migrate and, with a pool, start it; whether it started (see LocalPool.start)."""
     if pool is None:
-        db.upgrade_schema()
+        recovery.migrate()
         return True
-    # The lock first: a migration must not change the schema under another
-    # process's running pool.
-    pool.lock.acquire()
-    try:
-        db.upgrade_schema()
-        # Requeue what a dead process left running, once it has had time to notice.
-        wait_out_lost_holder(pool.lock, tasks_running=service.count(status=TaskStatus.RUN))
-        # A lock lost while migrating or waiting (a database restart) may already
-        # be another process's: requeuing its running tasks, or starting workers,
-        # could run a task twice or a third at once.
-        queued = service.recover() if pool.lock.is_held() else None
-    except BaseException:
-        pool.lock.release()
-        raise
-    if queued is None or stopping.is_set() or not pool.lock.is_held():
-        pool.lock.release()
-        return False
-    pool.workers.submit_many(queued)
-    pool.watchdog.arm()
-    pool.workers.start()
-    return True
+    return pool.start(recovery, stopping)

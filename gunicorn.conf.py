@@ -89,8 +89,8 @@ def post_worker_init(worker):
     """
     # Absent from the benchmark's ceiling app, which runs with these same settings.
     extension = worker.wsgi.extensions.get(EXTENSION_KEY)
-    if extension is not None and extension.pool is not None and extension.pool.lock.can_be_lost:
-        extension.pool.watchdog.start(on_lost=lambda: os._exit(1))
+    if extension is not None and extension.pool is not None:
+        extension.pool.watch(on_lost=lambda: os._exit(1))
 
 
 def worker_exit(server, worker):

@@ -11,27 +11,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from taskservice.broker import Broker, disabled_health
 from taskservice.db import Database
-from taskservice.pool import LockWatchdog, PoolLock, WorkerPool, keep_until_exit
-from taskservice.runner import TaskRunner
+from taskservice.pool import LocalPool, PoolHealth
 from taskservice.service import TaskService
 from taskservice.startup import Startup
 
 logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "taskservice"
-
-# A worker that has retried a database error for this long is reported stuck.
-STUCK_AFTER = 10.0
-
-
-@dataclass
-class Pool:
-    """The worker pool with the runner it calls and the lock it holds."""
-
-    workers: WorkerPool
-    runner: TaskRunner
-    lock: PoolLock
-    watchdog: LockWatchdog
 
 
 @dataclass
@@ -42,7 +28,7 @@ class TaskServiceExtension:
     service: TaskService
     concurrency: int
     startup: Startup
-    pool: Pool | None = None
+    pool: LocalPool | None = None
     broker: Broker | None = None
 
     def health(self) -> tuple[dict[str, Any], bool]:
@@ -52,10 +38,8 @@ class TaskServiceExtension:
             database = "ok"
         except SQLAlchemyError as exc:
             database = f"error: {type(exc).__name__}"
-        pool = self.pool
-        alive = pool.workers.alive() if pool else 0
-        lock_held = pool is not None and pool.lock.is_held()
-        stuck = pool.runner.stuck(longer_than=STUCK_AFTER) if pool else []
+        pool = self.pool.health() if self.pool is not None else PoolHealth()
+        alive, stuck, lock_held = pool.workers_alive, pool.workers_stuck, pool.lock_held
         starting = self.startup.waiting_for
         healthy = (
             database == "ok"
@@ -71,7 +55,7 @@ class TaskServiceExtension:
             "workers_expected": self.concurrency,
             "workers_stuck": stuck,
             "pool_lock": "held" if lock_held else "not held",
-            "queued": pool.workers.backlog() if pool else 0,
+            "queued": pool.queued,
             "starting": starting,
             # Not part of `healthy`: HTTP serves and runs tasks while the broker is down.
             "broker": disabled_health() if self.broker is None else self.broker.health(),
@@ -87,19 +71,11 @@ class TaskServiceExtension:
             # A start is still trying (connecting, waiting for the lock): what it
             # holds stays held until the process exits, which it is about to.
             if self.pool is not None:
-                keep_until_exit(self.pool.lock)
+                self.pool.keep_until_exit()
             logger.warning("stopped while the service was still starting")
             return
         if self.pool is not None:
-            self.pool.watchdog.stop()
-            self.pool.runner.stop()
-            if self.pool.workers.stop(timeout):
-                self.pool.lock.release()
-            else:
-                # A task still runs here: another pool on this database must
-                # not start it again, so the lock is held until we exit.
-                keep_until_exit(self.pool.lock)
-                logger.warning("pool stopped with tasks still running; they rerun at next start")
+            self.pool.stop(timeout)
             self.pool = None
         self.db.dispose()
 
