@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
@@ -30,6 +32,8 @@ class TaskServiceExtension:
     startup: Startup
     pool: LocalPool | None = None
     broker: Broker | None = None
+    # Which process answers: a name of its own, for the life of the process.
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def health(self) -> tuple[dict[str, Any], bool]:
         """A health report, and whether the service can take and run tasks."""
@@ -50,12 +54,14 @@ class TaskServiceExtension:
         )
         report = {
             "status": "ok" if healthy else "unavailable",
+            "replica": {"id": self.replica_id, "pid": os.getpid()},
             "database": database,
             "workers_alive": alive,
             "workers_expected": self.concurrency,
             "workers_stuck": stuck,
             "pool_lock": "held" if lock_held else "not held",
             "queued": pool.queued,
+            "running": pool.running,
             "starting": starting,
             # Not part of `healthy`: HTTP serves and runs tasks while the broker is down.
             "broker": disabled_health() if self.broker is None else self.broker.health(),

@@ -82,7 +82,12 @@ class TaskRunner:
         self._may_claim = may_claim
         self._clock = clock
         self._retrying_since: dict[str, float] = {}
+        self._running: dict[int, int] = {}  # slot: the task whose body runs in it now
         self.stopping = threading.Event()
+
+    def running(self) -> list[int]:
+        """The tasks whose body runs in this process now, by number."""
+        return sorted(self._running.values())
 
     def stuck(self, longer_than: float) -> list[str]:
         """The workers that have been retrying a database error for over `longer_than` s."""
@@ -135,10 +140,13 @@ class TaskRunner:
             )
         started = self._clock()
         error = None
+        self._running[task.slot] = task.id
         try:
             self._body(task)
         except BaseException as exc:  # even SystemExit from a task must not end the thread
             error = clean_error(exc)
+        finally:
+            self._running.pop(task.slot, None)
         exec_time = self._clock() - started
         status = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
         finished = self._retry(

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from taskservice.extension import EXTENSION_KEY
+from tests.conftest import Gate
+from tests.helpers import wait_for
 
 
 def test_healthy(pool_app: Flask):
     response = pool_app.test_client().get("/health")
 
     assert response.status_code == 200
-    assert response.json == {
+    body = response.json
+    replica = body.pop("replica")
+    assert replica == {"id": pool_app.extensions[EXTENSION_KEY].replica_id, "pid": os.getpid()}
+    assert len(replica["id"]) == 12
+    assert body == {
         "status": "ok",
         "database": "ok",
         "workers_alive": 2,
@@ -21,6 +29,7 @@ def test_healthy(pool_app: Flask):
         "workers_stuck": [],
         "pool_lock": "held",
         "queued": 0,
+        "running": [],
         "starting": None,
         "broker": {"state": "disabled", "last_error": None, "holding": None},
     }
@@ -74,3 +83,15 @@ def test_database_down_is_unavailable(pool_app: Flask, monkeypatch: pytest.Monke
     assert response.status_code == 503
     assert response.json["database"] == "error: OperationalError"
     assert response.json["workers_alive"] == 2
+
+
+def test_health_lists_the_tasks_this_process_runs(pool_app: Flask, gate: Gate):
+    client = pool_app.test_client()
+    ids = [client.post("/tasks", json={"duration": 1}).json["id"] for _ in range(3)]
+    gate.wait_for_entries(2)
+
+    running = client.get("/health").json["running"]
+
+    assert running == ids[:2]  # the third waits for a slot
+    gate.open.set()
+    wait_for(lambda: client.get("/health").json["running"] == [])

@@ -69,12 +69,28 @@ class BrokerHealthSchema(Schema):
     )
 
 
+class ReplicaSchema(Schema):
+    """The process that answers."""
+
+    id = fields.String(
+        required=True,
+        metadata={
+            "description": "A name of the process's own, new at each start.",
+            "example": "3f9c2a7b1e04",
+        },
+    )
+    pid = fields.Integer(
+        required=True, metadata={"description": "Its process id.", "example": 4242}
+    )
+
+
 class HealthSchema(Schema):
     """Whether the service can take and run tasks."""
 
     status = fields.String(
         required=True, metadata={"description": "'ok' or 'unavailable'.", "example": "ok"}
     )
+    replica = fields.Nested(ReplicaSchema, required=True)
     database = fields.String(
         required=True, metadata={"description": "'ok' or the error.", "example": "ok"}
     )
@@ -91,6 +107,11 @@ class HealthSchema(Schema):
     )
     queued = fields.Integer(
         required=True, metadata={"description": "Task numbers waiting in memory.", "example": 0}
+    )
+    running = fields.List(
+        fields.Integer(),
+        required=True,
+        metadata={"description": "The tasks this process runs now.", "example": [7, 8]},
     )
     starting = fields.String(
         required=True,

@@ -42,6 +42,7 @@ class PoolHealth:
     workers_stuck: list[str] = field(default_factory=list)
     lock_held: bool = False
     queued: int = 0
+    running: list[int] = field(default_factory=list)
 
 
 class Runner(Protocol):
@@ -55,6 +56,9 @@ class Runner(Protocol):
 
     def stuck(self, longer_than: float) -> list[str]:
         """The workers retrying a database error for over `longer_than` s."""
+
+    def running(self) -> list[int]:
+        """The tasks whose body runs now."""
 
 
 class LocalPool:
@@ -131,4 +135,5 @@ class LocalPool:
             workers_stuck=self.runner.stuck(longer_than=STUCK_AFTER),
             lock_held=self.lock.is_held(),
             queued=self.workers.backlog(),
+            running=self.runner.running(),
         )
