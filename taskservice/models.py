@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -24,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAME_MAX_LENGTH = 200
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
+REPLICA_ID_MAX_LENGTH = 64
 
 
 class TaskStatus(StrEnum):
@@ -246,3 +248,35 @@ class TaskEventRecord(Base):
     # The message body: the task as GET /tasks/{id} answered it then, with the event.
     body: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TaskSlot(Base):
+    """One of the TASKSERVICE_CONCURRENCY places a task can run in, shared by every replica.
+
+    On PostgreSQL the replicas claim tasks through these rows (taskservice.pool.claims):
+    a task runs only in a slot it holds, and there are only so many slots, so
+    the limit is the database's, not a count. `attempt` is the fencing token:
+    a replica may renew, free or finish only the attempt the slot still holds.
+    """
+
+    __tablename__ = "task_slots"
+
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    task_id: Mapped[int | None] = mapped_column(TaskId)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    replica_id: Mapped[str | None] = mapped_column(String(REPLICA_ID_MAX_LENGTH))
+    # Until when the holder's claim stands without a renewal (the database's clock, UTC).
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Replica(Base):
+    """A service process on the shared database, and when it last said it was alive."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(REPLICA_ID_MAX_LENGTH), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(255))
+    runs_tasks: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
