@@ -9,6 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import http_scenarios as http
+from bench.amqp import AMQP_URL, BrokerCheck, address, check_broker
+from bench.broker_scenarios import (
+    BrokerResult,
+    measure_drain,
+    measure_intake,
+    measure_outbox_cost,
+)
 from bench.load import LoadError, machine_busy_seconds, own_cpu_seconds, wrk_path
 from bench.machine import REPORT_FILE, describe
 from bench.pool_scenarios import SLOTS, measure_pool
@@ -22,9 +29,18 @@ from bench.workspace import BenchError, Settings, Workspace, workspace
 # explains the tail of the write latencies.
 FSYNC_PROBE_SECONDS = 3.0
 FULL = Settings(
-    seconds=10, rows=1_000_000, backlog=10_000, dispatch_tasks=500, queued=100_000, starts=3
+    seconds=10,
+    rows=1_000_000,
+    backlog=10_000,
+    dispatch_tasks=500,
+    queued=100_000,
+    starts=3,
+    messages=3_000,
 )
-QUICK = Settings(seconds=1, rows=2_000, backlog=200, dispatch_tasks=40, queued=1_000, starts=1)
+QUICK = Settings(
+    seconds=1, rows=2_000, backlog=200, dispatch_tasks=40, queued=1_000, starts=1, messages=100
+)
+SIZES = ("seconds", "rows", "backlog", "dispatch_tasks", "queued", "starts", "messages")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,6 +55,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--queued", type=int, help=f"largest queue for memory ({FULL.queued:,})")
     parser.add_argument("--starts", type=int, help=f"starts per queue size ({FULL.starts})")
+    parser.add_argument(
+        "--messages", type=int, help=f"RabbitMQ messages, and tasks of events ({FULL.messages:,})"
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default=AMQP_URL,
+        help=f"the RabbitMQ broker; its section is left out if none answers ({address(AMQP_URL)})",
+    )
     parser.add_argument("--report", type=Path, default=ROOT / REPORT_FILE, help="report to write")
     parser.add_argument("--json", type=Path, help="also write every raw figure here")
     parser.add_argument("--tmpdir", type=Path, help="where the temporary databases go (on disk)")
@@ -50,7 +74,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     preset = QUICK if args.quick else FULL
     chosen = {
         name: getattr(args, name) if getattr(args, name) is not None else getattr(preset, name)
-        for name in ("seconds", "rows", "backlog", "dispatch_tasks", "queued", "starts")
+        for name in SIZES
     }
     settings = Settings(**chosen)
     if settings.rows <= settings.small_rows:
@@ -59,8 +83,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         )
     if min(settings.seconds, settings.backlog, settings.dispatch_tasks, settings.starts) < 1:
         raise BenchError("--seconds, --backlog, --dispatch-tasks and --starts must be at least 1")
-    if settings.queued < 10:
-        raise BenchError("--queued must be at least 10")
+    if min(settings.queued, settings.messages) < 10:
+        raise BenchError("--queued and --messages must be at least 10")
     return settings
 
 
@@ -69,14 +93,17 @@ def step(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def measure(work: Workspace) -> Results:
+def measure(work: Workspace, broker: BrokerCheck, amqp_url: str) -> Results:
     """Every measurement, one after the other, each on its own server."""
     settings = work.settings
-    machine = describe(work.root, fsync_seconds=min(FSYNC_PROBE_SECONDS, settings.seconds / 2))
+    fsync_seconds = min(FSYNC_PROBE_SECONDS, settings.seconds / 2)
+    machine = describe(work.root, fsync_seconds, broker.describe())
     step("the ceiling (bench.ceiling:app)")
     ceiling = http.measure_ceiling(work)
     step("POST /tasks")
     creation = http.with_ceiling(http.measure_creation(work), ceiling)
+    # Next to POST /tasks without a broker, so that both meet the same machine.
+    rabbitmq = None if broker.problem else measure_rabbitmq(work, broker, amqp_url)
     step(f"GET /tasks/{{id}} with {settings.backlog:,} queued")
     reads, loaded = http.measure_reads(work)
     listings = []
@@ -101,7 +128,20 @@ def measure(work: Workspace) -> Results:
         dispatch=dispatch,
         limit=limit,
         scale=scale,
+        broker=rabbitmq,
+        broker_skipped=broker.problem,
     )
+
+
+def measure_rabbitmq(work: Workspace, broker: BrokerCheck, url: str) -> BrokerResult:
+    """The outbox's cost to POST /tasks, messages made tasks, and the outbox published."""
+    step("POST /tasks with RabbitMQ")
+    creation = measure_outbox_cost(work, url)
+    step(f"{work.settings.messages:,} RabbitMQ messages made tasks")
+    intake = measure_intake(work, url)
+    step(f"the events of {work.settings.messages:,} tasks published from the outbox")
+    drain = measure_drain(work, url)
+    return BrokerResult(broker.describe(), creation, intake, drain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,9 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         wrk_path()  # before minutes of work: the one tool that is not in the venv
+        broker = check_broker(args.amqp_url)  # and the one server that is not ours
+        if broker.problem:
+            step(f"{broker.problem}: the RabbitMQ section is left out")
         began, own, machine = time.monotonic(), own_cpu_seconds(), machine_busy_seconds()
         with workspace(settings, args.tmpdir) as work:
-            results = measure(work)
+            results = measure(work, broker, args.amqp_url)
         # Every server has been stopped and waited for: its CPU time is in our children's.
         others = (machine_busy_seconds() - machine) - (own_cpu_seconds() - own)
         results.other_cpu_share = others / (time.monotonic() - began)

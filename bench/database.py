@@ -116,6 +116,18 @@ def read_only(path: Path) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
+# Row counts the broker scenarios poll: the tasks made, the events not yet published.
+_ROW_COUNTS = {
+    "tasks": "SELECT count(*) FROM tasks",
+    "task_events": "SELECT count(*) FROM task_events",
+}
+
+
+def row_count(connection: sqlite3.Connection, table: str) -> int:
+    """How many rows `table` (tasks or task_events) holds now."""
+    return int(connection.execute(_ROW_COUNTS[table]).fetchone()[0])
+
+
 def unfinished(path: Path) -> int:
     """How many tasks are still queued or running."""
     with read_only(path) as connection:

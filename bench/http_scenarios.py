@@ -71,17 +71,19 @@ def measure_creation(workspace: Workspace) -> dict[int, Load]:
     seconds = workspace.settings.seconds
     # A path with no file yet: the service creates and migrates it itself.
     with workspace.server("create", workspace.database_path("create")) as server:
-        return {
-            clients: run_wrk(
-                server,
-                "post.lua",
-                clients=clients,
-                seconds=seconds,
-                path="/tasks",
-                args=(CREATE_DURATION,),
-            )
-            for clients in CLIENT_COUNTS
-        }
+        return {clients: post_tasks(server, clients, seconds) for clients in CLIENT_COUNTS}
+
+
+def post_tasks(server: Server, clients: int, seconds: float) -> Load:
+    """POST /tasks of tasks that wait in the queue, from `clients` connections."""
+    return run_wrk(
+        server,
+        "post.lua",
+        clients=clients,
+        seconds=seconds,
+        path="/tasks",
+        args=(CREATE_DURATION,),
+    )
 
 
 def measure_reads(workspace: Workspace) -> tuple[dict[int, Load], int | None]:

@@ -21,9 +21,10 @@ from bench.workspace import filesystem_type
 REPORT_FILE = "docs/benchmarks.md"
 # The service's settings pass from the environment to the server, as with
 # `make run`; those set are shown in the report, since they change the figures.
-# Not the test suite's variables: a database URL may hold a password.
+# Not the test suite's variables: a database URL may hold a password. Nor the
+# broker's, which the servers do not inherit (bench/server.py): a URL may hold one too.
 SETTING_PREFIXES = ("TASKSERVICE_", "GUNICORN_", "LOG_LEVEL")
-NOT_SETTINGS = ("TASKSERVICE_TEST_", "TASKSERVICE_REQUIRE_")
+NOT_SETTINGS = ("TASKSERVICE_TEST_", "TASKSERVICE_REQUIRE_", "TASKSERVICE_AMQP_")
 
 
 def cpu_model() -> str:
@@ -91,7 +92,7 @@ def fsync_latency(directory: Path, seconds: float) -> str:
     )
 
 
-def describe(temp_dir: Path, fsync_seconds: float) -> dict[str, str]:
+def describe(temp_dir: Path, fsync_seconds: float, broker: str) -> dict[str, str]:
     """The machine and software the run measures, as label: value."""
     return {
         "CPU": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -103,6 +104,7 @@ def describe(temp_dir: Path, fsync_seconds: float) -> dict[str, str]:
         "load generator": f"{wrk_version()}, 1 thread",
         "environment": environment(),
         "database": f"SQLite file in a temporary directory on {filesystem_type(temp_dir)}",
+        "broker": broker,
         "disk": fsync_latency(temp_dir, fsync_seconds),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit(),

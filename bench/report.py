@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.broker_report import broker_section
 from bench.load import Load
+from bench.markdown import clients, ms, percent, table
 from bench.pool_scenarios import SLOTS
 from bench.results import Results
 from bench.targets import Check, all_checks
@@ -19,27 +21,6 @@ Throughput, latency, dispatch, the limit of two running tasks, and memory of tas
 measured by `make bench` (code in `bench/`). Everything between the markers below is
 rewritten by each run; text outside them is kept.
 """
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numbers: bool = True) -> str:
-    """A Markdown table; with `numbers`, the columns after the first are right-aligned."""
-    rest = "---:" if numbers else ":---"
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([":---"] + [rest] * (len(header) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def ms(value: float) -> str:
-    """Milliseconds, to a precision that fits their size."""
-    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
-
-
-def percent(value: float) -> str:
-    """A share as a percentage."""
-    return f"{value * 100:.1f} %"
 
 
 def _load_row(name: str, load: Load, expected: int) -> list[str]:
@@ -137,11 +118,6 @@ def load_generator_section(results: Results) -> str:
             "the machine's two cores.",
         ]
     )
-
-
-def clients(count: int) -> str:
-    """ "1 client", "8 clients"."""
-    return f"{count} client" if count == 1 else f"{count} clients"
 
 
 def all_loads(results: Results) -> list[Load]:
@@ -323,7 +299,7 @@ def machine_section(results: Results) -> str:
             "settings",
             f"{settings.seconds:g} s per measurement, {settings.rows:,} rows, backlog "
             f"{settings.backlog:,}, {settings.dispatch_tasks:,} dispatch tasks, queues up to "
-            f"{settings.queued:,}",
+            f"{settings.queued:,}, {settings.messages:,} RabbitMQ messages",
         ]
     )
     return "\n\n".join(["### Machine", table(("", ""), rows, numbers=False)])
@@ -336,6 +312,7 @@ def render(results: Results) -> str:
         targets_section(all_checks(results)),
         throughput_section(results),
         load_generator_section(results),
+        broker_section(results),
         listing_section(results),
         dispatch_section(results),
         limit_section(results),

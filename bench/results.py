@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.broker_scenarios import BrokerResult
 from bench.http_scenarios import Listing
 from bench.load import Load
 from bench.pool_scenarios import SLOTS, DispatchResult, LimitResult
@@ -32,6 +33,9 @@ class Results:
     scale: list[ScalePoint]
     # CPU time of processes outside the benchmark, as a share of one core.
     other_cpu_share: float = 0.0
+    # The RabbitMQ figures, or why there are none (no broker answered).
+    broker: BrokerResult | None = None
+    broker_skipped: str | None = None
 
     @property
     def small(self) -> Listing:

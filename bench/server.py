@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ STOP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.01
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOADED_LINE = re.compile(r"(\d+) queued task\(s\) loaded from the database")
+# The broker scenarios set these themselves; inherited, they would give every
+# other server a broker, and "without a broker" would not be.
+BROKER_SETTINGS = ("TASKSERVICE_AMQP_URL", "TASKSERVICE_AMQP_PREFIX")
 
 
 class ServerError(RuntimeError):
@@ -59,12 +63,20 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = POLL
 class Server:
     """One gunicorn master (in its own process group) and its single worker."""
 
-    def __init__(self, app: str, database: Path | None, log_path: Path) -> None:
+    def __init__(
+        self,
+        app: str,
+        database: Path | None,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.app = app
         self.port = free_port()
         self.log_path = log_path
-        # The user's environment (GUNICORN_THREADS, LOG_LEVEL, ...) is kept.
-        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port)}
+        # The user's environment (GUNICORN_THREADS, LOG_LEVEL, ...) is kept, but
+        # for the broker's settings; `env` adds a scenario's own on top.
+        kept = {name: value for name, value in os.environ.items() if name not in BROKER_SETTINGS}
+        self.env = {**kept, **(env or {}), "HOST": "127.0.0.1", "PORT": str(self.port)}
         if database is not None:
             self.env["DATABASE_URL"] = f"sqlite:///{database}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -150,10 +162,7 @@ class Server:
 
     def worker_cpu_seconds(self) -> float:
         """User plus system CPU time the worker has used so far."""
-        stat = Path(f"/proc/{self.worker_pid}/stat").read_text()
-        # Fields after the command name, which is in parentheses and may hold spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return process_cpu_seconds(self.worker_pid)
 
     def worker_rss_bytes(self) -> int:
         """The worker's resident set size (VmRSS)."""
@@ -170,6 +179,14 @@ class Server:
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's log, for error messages."""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process `pid` has used so far, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _child_of(parent: int) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ class Settings:
     dispatch_tasks: int
     queued: int
     starts: int
+    messages: int
     small_rows: int = 1_000
 
 
@@ -68,10 +69,14 @@ class Workspace:
 
     @contextmanager
     def server(
-        self, name: str, database_path: Path | None, app: str = SERVICE_APP
+        self,
+        name: str,
+        database_path: Path | None,
+        app: str = SERVICE_APP,
+        env: Mapping[str, str] | None = None,
     ) -> Iterator[Server]:
-        """A server of `app` on `database_path`, stopped when the block ends."""
-        server = Server(app, database_path, self.log_path(name))
+        """A server of `app` on `database_path` with `env` added, stopped when the block ends."""
+        server = Server(app, database_path, self.log_path(name), env)
         try:
             yield server.start("/health" if app == SERVICE_APP else "/ceiling")
         finally:

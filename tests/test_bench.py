@@ -9,12 +9,21 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pika
+import pika.exceptions
 import pytest
 
+from bench.amqp import REQUIRE_AMQP, check_broker
 from bench.analysis import all_busy_share, dispatch, max_overlap, percentile
+from bench.broker_report import broker_section
 from bench.database import Run
 from bench.report import BEGIN, END, write_report
+from bench.server import free_port
+from bench.workspace import BenchError
+from tests.amqp import AMQP_URL, broker_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 # CI installs wrk and sets this, so that a missing wrk fails there instead of skipping.
@@ -28,6 +37,14 @@ SECTIONS = (
     "Dispatch",
     "Limit under load",
     "Memory and start-up",
+    "RabbitMQ",
+)
+BROKER_ROWS = (
+    "messages of the create queue made tasks",
+    "events of the outbox published",
+    "without a broker",
+    "with a broker",
+    "with against without",
 )
 
 ENDPOINTS = (
@@ -108,6 +125,45 @@ def test_report_is_created_with_markers(tmp_path: Path):
     assert f"{BEGIN}\nfigures\n{END}" in text
 
 
+def dead_broker_url() -> str:
+    """A broker URL with a port where nothing listens."""
+    return f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+
+
+def test_a_broker_that_does_not_answer_is_a_reason_to_leave_its_section_out(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.delenv(REQUIRE_AMQP, raising=False)
+    url = dead_broker_url()
+
+    found = check_broker(url)
+
+    assert found.version is None
+    assert found.problem is not None
+    assert found.problem.startswith(f"no RabbitMQ connection to {found.address} (")
+    assert "guest" not in found.problem
+    assert found.describe() == f"none answered at {found.address}"
+
+
+def test_a_required_broker_that_does_not_answer_fails_the_run(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(REQUIRE_AMQP, "1")
+
+    with pytest.raises(BenchError, match=f"{REQUIRE_AMQP}=1 requires one"):
+        check_broker(dead_broker_url())
+
+
+def test_the_report_says_why_the_broker_section_is_left_out():
+    results = SimpleNamespace(broker=None, broker_skipped="no RabbitMQ connection to here (why)")
+
+    section = broker_section(results)  # type: ignore[arg-type]
+
+    assert section == (
+        "### RabbitMQ\n\nNot measured: no RabbitMQ connection to here (why). Start a broker, "
+        "or pass `--amqp-url`, and run again; with `TASKSERVICE_REQUIRE_AMQP=1` the run fails "
+        "instead."
+    )
+
+
 def sections(report: str) -> dict[str, str]:
     """The generated sections of the report, by title."""
     generated = report.split(BEGIN, 1)[1].split(END, 1)[0]
@@ -158,3 +214,57 @@ def test_quick_benchmark_run(tmp_path: Path):
     assert 1 <= limit["most_running_sampled"] <= 2
     assert 1 <= limit["max_overlap"] <= 2
     assert len(results["dispatch"]["gaps_ms"]) == results["dispatch"]["tasks"] - 2
+    check_broker_figures(found["RabbitMQ"], results)
+
+
+def check_broker_figures(section: str, results: dict[str, Any]) -> None:
+    """The RabbitMQ section's figures where a broker answers; else the line that says why not."""
+    if not broker_answers():
+        assert section.strip().startswith("Not measured: no RabbitMQ connection to ")
+        assert results["broker"] is None
+        return
+    for row in BROKER_ROWS:
+        assert re.search(rf"^\| {re.escape(row)} \| \d", section, re.MULTILINE), row
+    broker = results["broker"]
+    intake, drain, creation = broker["intake"], broker["drain"], broker["creation"]
+    assert intake["messages"] == 100
+    assert 0 < intake["span"]["counted"] <= intake["messages"]
+    assert intake["span"]["seconds"] > 0
+    assert drain["tasks"] == 100
+    assert drain["events"] >= 3 * drain["tasks"]  # created, started, completed
+    assert drain["routed"] == drain["events"]
+    assert 0 < drain["span"]["counted"] <= drain["events"]
+    assert set(creation["load"]["statuses"]) == {"201"}
+    assert sum(creation["load"]["socket_errors"].values()) == 0
+    prefixes = {part["prefix"] for part in (intake, drain, creation)}
+    assert len(prefixes) == 3
+    for prefix in prefixes:
+        assert left_on_broker(prefix) == []
+
+
+def left_on_broker(prefix: str) -> list[str]:
+    """Which of a scenario's queues and exchange still exist on the broker."""
+    queues = (f"{prefix}.tasks.create", f"{prefix}.tasks.create.dead", f"{prefix}.bench.events")
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        left = [name for name in queues if exists(connection, name, queue=True)]
+        exchange = f"{prefix}.events"
+        return left + ([exchange] if exists(connection, exchange, queue=False) else [])
+    finally:
+        connection.close()
+
+
+def exists(connection: Any, name: str, *, queue: bool) -> bool:
+    """Whether a queue or an exchange of this name exists: a passive declare on a new channel."""
+    channel = connection.channel()
+    try:
+        if queue:
+            channel.queue_declare(name, passive=True)
+        else:
+            channel.exchange_declare(name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == 404:  # NOT_FOUND, which also closes the channel
+            return False
+        raise
+    channel.close()
+    return True
