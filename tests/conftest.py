@@ -188,7 +188,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     """This test's database, migrated, without an app."""
-    database = Database(database_url)
+    yield from _migrated(database_url)
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[Database]:
+    """A fresh PostgreSQL schema, migrated, for what runs on PostgreSQL only."""
+    yield from _migrated(postgres_url)
+
+
+def _migrated(url: str) -> Iterator[Database]:
+    database = Database(url)
     database.upgrade_schema()
     yield database
     database.dispose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -18,14 +17,6 @@ from taskservice.pool.claims import Claim, Expired
 from tests.helpers import join_all, wait_for
 
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture
-def pg(postgres_url: str) -> Iterator[Database]:
-    database = Database(postgres_url)
-    database.upgrade_schema()
-    yield database
-    database.dispose()
 
 
 def queue(db: Database, *priorities: TaskPriority) -> list[int]:

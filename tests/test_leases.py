@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -30,15 +29,11 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def pg(postgres_url: str) -> Iterator[Database]:
-    database = Database(postgres_url)
-    database.upgrade_schema()
-    with database.writing() as session:
+@pytest.fixture(autouse=True)
+def two_slots_and_a_task(pg: Database) -> None:
+    with pg.writing() as session:
         claims.ensure_slots(session, 2)
         tasks.create_task(session, name=None, duration=1, priority=TaskPriority.HIGH)
-    yield database
-    database.dispose()
 
 
 def claim(db: Database, replica: str) -> Claim:

@@ -29,14 +29,6 @@ class Wakes:
 
 
 @pytest.fixture
-def pg(postgres_url: str) -> Iterator[Database]:
-    database = Database(postgres_url)
-    database.upgrade_schema()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def wakes() -> Wakes:
     return Wakes()
 
