@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from flask import Config, Flask
 
-from taskservice import api
+from taskservice import api, tasks
 from taskservice.broker import Broker
 from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
@@ -17,9 +19,21 @@ from taskservice.events import Outbox
 from taskservice.extension import EXTENSION_KEY, TaskServiceExtension
 from taskservice.metrics import Metrics
 from taskservice.models import TaskStatus
-from taskservice.pool import LocalPool, LockWatchdog, Recovery, WorkerPool, pool_lock_for
+from taskservice.pool import (
+    LocalPool,
+    LockWatchdog,
+    Recovery,
+    TaskPool,
+    WorkerPool,
+    pool_lock_for,
+    replicas,
+)
+from taskservice.pool.leases import LeaseKeeper
+from taskservice.pool.notify import notify_created
+from taskservice.pool.shared import SharedPool
 from taskservice.runner import TaskRunner, sleep_body
 from taskservice.service import TaskService
+from taskservice.slots import SlotRunner
 from taskservice.startup import Startup
 
 # Bodies larger than this are refused with 413; a task's fields fit in far less.
@@ -50,18 +64,29 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     db = Database(
         app.config["DATABASE_URL"],
         sqlite_synchronous=app.config["TASKSERVICE_SQLITE_SYNCHRONOUS"],
+        # No transaction here waits between statements for long (the longest:
+        # the publisher's round of confirms); one that does is a replica
+        # paused or cut off, whose locks must not outlast its leases.
+        idle_in_transaction=app.config["TASKSERVICE_LEASE_SECONDS"],
     )
+    # Which process answers: a name of its own, for the life of the process.
+    replica_id = uuid.uuid4().hex[:12]
     amqp_url = app.config["TASKSERVICE_AMQP_URL"]
     # Events are written only when a broker is configured to publish them.
     outbox = Outbox(enabled=amqp_url is not None)
     outbox.watch(db.session)
-    pool = build_task_pool(app.config, db, metrics, outbox) if start_pool else None
+    shared = database_file is None  # PostgreSQL: any number of replicas
+    pool: TaskPool | None = None
+    if start_pool:
+        build = build_shared_pool if shared else build_task_pool
+        pool = build(app.config, db, metrics, outbox, replica_id)
     service = TaskService(
         db,
         submit=None if pool is None else pool.submit,
         max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
         metrics=metrics,
         outbox=outbox,
+        notify=notify_created if shared else None,
     )
     metrics.watch_database(service.count_by_status)
     recovery = Recovery(
@@ -85,8 +110,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     extension = TaskServiceExtension(
         db=db,
         service=service,
-        concurrency=app.config["TASKSERVICE_CONCURRENCY"],
+        concurrency=app.config["TASKSERVICE_CONCURRENCY"]
+        if app.config["TASKSERVICE_RUN_TASKS"]
+        else 0,
         startup=startup,
+        replica_id=replica_id,
         pool=pool,
         broker=broker,
     )
@@ -103,9 +131,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
 
 
 def build_task_pool(
-    config: Config, db: Database, metrics: Metrics | None = None, outbox: Outbox | None = None
+    config: Config,
+    db: Database,
+    metrics: Metrics | None = None,
+    outbox: Outbox | None = None,
+    replica_id: str = "",
 ) -> LocalPool:
-    """The pool lock and the workers, neither taken nor started yet."""
+    """The pool of a SQLite database: its lock and its workers, neither taken nor started yet."""
     lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
     watchdog = LockWatchdog(lock)  # started by the server process (gunicorn.conf.py)
     body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
@@ -116,7 +148,69 @@ def build_task_pool(
     return LocalPool(workers=workers, runner=runner, lock=lock, watchdog=watchdog)
 
 
-def start_service(recovery: Recovery, pool: LocalPool | None, stopping: threading.Event) -> bool:
+def build_shared_pool(
+    config: Config,
+    db: Database,
+    metrics: Metrics | None = None,
+    outbox: Outbox | None = None,
+    replica_id: str = "",
+) -> SharedPool:
+    """The pool of a replica on PostgreSQL: workers claiming from the shared slots, not started.
+
+    With TASKSERVICE_RUN_TASKS false it has no workers: the replica takes
+    requests, and only registers itself and beats.
+    """
+    lease = timedelta(seconds=config["TASKSERVICE_LEASE_SECONDS"])
+    # Renewed every fifth of the lease; the replica ends itself when less than
+    # a fifth is left, well before another replica may take its slots over.
+    fifth = lease.total_seconds() / 5
+    runs_tasks = config["TASKSERVICE_RUN_TASKS"]
+
+    def lose(reason: str) -> None:
+        pool.lose(reason)
+
+    keeper = LeaseKeeper(
+        db,
+        lease=lease,
+        interval=fifth,
+        margin=fifth,
+        on_lost=lose,
+        beat=lambda session: replicas.beat(session, replica_id, runs_tasks=runs_tasks),
+        chores=lambda: fold_counts(db),
+        metrics=metrics,
+    )
+    body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
+    runner = SlotRunner(
+        db,
+        body,
+        replica_id=replica_id,
+        slots=config["TASKSERVICE_CONCURRENCY"],
+        lease=lease,
+        keeper=keeper,
+        metrics=metrics,
+        outbox=outbox,
+    )
+    pool = SharedPool(
+        db=db,
+        runner=runner,
+        keeper=keeper,
+        replica_id=replica_id,
+        concurrency=config["TASKSERVICE_CONCURRENCY"] if runs_tasks else 0,
+        single_pool_lock=pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"]),
+    )
+    return pool
+
+
+def fold_counts(db: Database) -> None:
+    """Fold the count changes the replicas appended into the counts (taskservice.tasks)."""
+    try:
+        with db.writing() as session:
+            tasks.fold_counts(session)
+    finally:
+        db.remove_session()
+
+
+def start_service(recovery: Recovery, pool: TaskPool | None, stopping: threading.Event) -> bool:
     """Migrate and, with a pool, start it; whether it started (see LocalPool.start)."""
     if pool is None:
         recovery.migrate()

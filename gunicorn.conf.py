@@ -25,7 +25,8 @@ except ConfigError as error:
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 
 # One process by design: the task pool (and its limit of two running tasks)
-# lives in the worker process, and a database takes one pool only.
+# lives in the worker process. On SQLite a database takes one pool only; on
+# PostgreSQL, scale out with more replicas, each one such process.
 workers = 1
 # gthread, with each request read in the worker's main loop before a thread takes it
 # (taskservice/worker.py): an idle or slow client holds no request thread, and one whose
@@ -81,11 +82,12 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Watch the pool lock; if it is ever lost, end this worker at once.
+    """End this worker at once if its pool may no longer run tasks here.
 
-    Another process may then take the lock and requeue the tasks running
-    here; exiting stops them (a sleeping task cannot be interrupted), and
-    gunicorn starts a fresh worker, which waits for the lock and recovers.
+    That is when the SQLite pool lock is lost, or a PostgreSQL replica's lease
+    may lapse or was taken over: another process may then run the tasks
+    running here. Exiting stops them (a sleeping task cannot be interrupted),
+    and gunicorn starts a fresh worker, which recovers.
     """
     # Absent from the benchmark's ceiling app, which runs with these same settings.
     extension = worker.wsgi.extensions.get(EXTENSION_KEY)

@@ -22,6 +22,11 @@ MAX_CONCURRENCY = 64
 # request's 10 s read deadline overlap), so a reload (SIGHUP), whose new worker
 # starts while the old one stops, does not stop the server.
 LOCK_TIMEOUT = 15.0
+# Seconds a replica on PostgreSQL holds a running task without renewing it
+# (docs/architecture.md): renewed every fifth of it, so a replica rides out a
+# database or scheduling stall of about three seconds, and a dead one's tasks
+# are taken over within five seconds and a poll.
+LEASE_SECONDS = 5.0
 
 
 def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any]:
@@ -44,6 +49,14 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
             "DATABASE_URL: an in-memory SQLite database cannot be shared between threads "
             "and is lost on restart; name a file, e.g. sqlite:///tasks.sqlite3"
         )
+    run_tasks = _flag(environ, "TASKSERVICE_RUN_TASKS", default=True)
+    if backend == "sqlite" and not run_tasks:
+        # The pool on SQLite is fed at create, in its own process: a task made
+        # by another process would wait for that pool's next start.
+        raise ConfigError(
+            "TASKSERVICE_RUN_TASKS=false needs PostgreSQL: on SQLite the process that"
+            " creates a task runs it"
+        )
     return {
         "DATABASE_URL": url,
         "TASKSERVICE_API_TOKEN": _token(environ, "TASKSERVICE_API_TOKEN"),
@@ -65,6 +78,10 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "TASKSERVICE_SQLITE_SYNCHRONOUS": _choice(
             environ, "TASKSERVICE_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS, default="FULL"
         ),
+        "TASKSERVICE_LEASE_SECONDS": _number(
+            environ, "TASKSERVICE_LEASE_SECONDS", kind=float, default=LEASE_SECONDS, low=2, high=600
+        ),
+        "TASKSERVICE_RUN_TASKS": run_tasks,
         "TASKSERVICE_AMQP_URL": _amqp_url(environ, "TASKSERVICE_AMQP_URL"),
         "TASKSERVICE_AMQP_PREFIX": _amqp_prefix(environ, "TASKSERVICE_AMQP_PREFIX"),
     }
@@ -117,6 +134,19 @@ def _token(environ: Mapping[str, str], name: str) -> str | None:
             " spaces; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return token
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _flag(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE + _FALSE:
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw in _TRUE
 
 
 def _choice(environ: Mapping[str, str], name: str, choices: Sequence[str], *, default: str) -> str:

@@ -72,18 +72,36 @@ def sqlite_path(url: URL | str) -> str | None:
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
-def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
-    """An engine for `url`; SQLite gets WAL, the given sync, a busy timeout and explicit BEGINs."""
+def create_db_engine(
+    url: str, *, sqlite_synchronous: str = "FULL", idle_in_transaction: float | None = None
+) -> Engine:
+    """An engine for `url`; SQLite gets WAL, the given sync, a busy timeout and explicit BEGINs.
+
+    On PostgreSQL, `idle_in_transaction` s is how long the server lets one of
+    its sessions sit in a transaction between statements before it ends the
+    session: a replica paused (or cut off) mid-transaction then holds no lock
+    for longer, and the others can take its slots over.
+    """
     if not is_sqlite(url):
         # A server that does not answer must fail a connection in seconds, not
         # in the operating system's minutes: callers answer 503 and retry.
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        if idle_in_transaction is not None:
+            milliseconds = max(1, round(idle_in_transaction * 1000))
+            event.listen(engine, "connect", partial(_limit_idle_transactions, milliseconds))
+        return engine
     if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
         raise ValueError(f"unknown SQLite synchronous setting {sqlite_synchronous!r}")
     engine = create_engine(url)
     event.listen(engine, "connect", partial(_configure_sqlite_connection, sqlite_synchronous))
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def _limit_idle_transactions(milliseconds: int, dbapi_connection: Any, _record: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds:d}")
+    dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
 
 
 def _configure_sqlite_connection(
@@ -129,9 +147,17 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
 class Database:
     """An engine and the thread-scoped sessions bound to it."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        idle_in_transaction: float | None = None,
+    ) -> None:
         self.url = url
-        self.engine = create_db_engine(url, sqlite_synchronous=sqlite_synchronous)
+        self.engine = create_db_engine(
+            url, sqlite_synchronous=sqlite_synchronous, idle_in_transaction=idle_in_transaction
+        )
         self.session = scoped_session(sessionmaker(self.engine, expire_on_commit=False))
         # SQLite has one writer at a time. Nearly every write comes from this
         # process (one pool per database), so its threads take turns here;

@@ -29,6 +29,11 @@ _INSERT = insert(EVENTS)
 _PENDING = select(EVENTS).order_by(EVENTS.c.id).limit(bindparam("limit"))
 _REMOVE = delete(EVENTS).where(EVENTS.c.id.in_(bindparam("ids", expanding=True)))
 _COUNT = select(func.count()).select_from(EVENTS)
+# One publisher at a time per schema (PostgreSQL replicas): two publishing the
+# same rows could send a task's later event before another sends its earlier one.
+_PUBLISHER_TURN = select(
+    func.pg_try_advisory_xact_lock(func.hashtext(func.current_schema() + ".task_events"))
+)
 
 # Set in a session's info by a transaction that wrote an event.
 _WROTE = "taskservice.events.wrote"
@@ -111,6 +116,11 @@ def remove_events(session: Session, ids: Sequence[int]) -> None:
     """Delete the events numbered `ids`: the broker has them."""
     if ids:
         session.execute(_REMOVE, {"ids": list(ids)})
+
+
+def take_publisher_turn(session: Session) -> bool:
+    """Whether this transaction may publish: no other replica's publisher is in one (PostgreSQL)."""
+    return bool(session.execute(_PUBLISHER_TURN).scalar_one())
 
 
 def count_events(session: Session) -> int:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
@@ -13,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from taskservice.broker import Broker, disabled_health
 from taskservice.db import Database
-from taskservice.pool import LocalPool, PoolHealth
+from taskservice.pool import PoolHealth, TaskPool
 from taskservice.service import TaskService
 from taskservice.startup import Startup
 
@@ -30,10 +29,9 @@ class TaskServiceExtension:
     service: TaskService
     concurrency: int
     startup: Startup
-    pool: LocalPool | None = None
+    replica_id: str
+    pool: TaskPool | None = None
     broker: Broker | None = None
-    # Which process answers: a name of its own, for the life of the process.
-    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def health(self) -> tuple[dict[str, Any], bool]:
         """A health report, and whether the service can take and run tasks."""

@@ -88,6 +88,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.lease_renewals = Counter(
+            "taskservice_lease_renewals",
+            "Leases of running tasks this replica renewed (PostgreSQL replicas).",
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "taskservice_failovers",
+            "Slots this replica took over from a replica whose lease had expired; their tasks"
+            " were queued again.",
+            registry=self.registry,
+        )
+        self.fenced = Counter(
+            "taskservice_fenced_writes",
+            "Writes of an attempt the database refused because its slot had been taken over,"
+            " by write: renew, finish.",
+            ["write"],
+            registry=self.registry,
+        )
+
     def watch_database(self, count_by_status: CountByStatus) -> None:
         """Report the tasks by status, the queue depth and the running tasks at each scrape."""
         self.registry.register(_DatabaseGauges(count_by_status))
@@ -129,6 +148,18 @@ class Metrics:
         """Count an HTTP answer and its duration."""
         self.requests.labels(method, endpoint, str(status)).inc()
         self.request_duration.labels(method, endpoint).observe(seconds)
+
+    def leases_renewed(self, count: int) -> None:
+        """Count lease renewals."""
+        self.lease_renewals.inc(count)
+
+    def slot_taken_over(self) -> None:
+        """Count a failover: an expired slot taken over."""
+        self.failovers.inc()
+
+    def write_fenced(self, write: str) -> None:
+        """Count a write of an attempt refused by its fencing token."""
+        self.fenced.labels(write).inc()
 
     def render(self) -> bytes:
         """Every metric in Prometheus' text format."""

@@ -211,6 +211,25 @@ class TaskCount(Base):
     count: Mapped[int] = mapped_column(BigInteger)
 
 
+class TaskCountChange(Base):
+    """A change to a count, appended by PostgreSQL's trigger (migration 0007) and folded later.
+
+    A count is its TaskCount row plus its changes. Appending, where SQLite's
+    trigger updates the row, keeps transactions on PostgreSQL from locking
+    the same few rows: claims, finishes and creates on every replica would
+    otherwise take turns on them. A replica folds the changes in every second.
+    """
+
+    __tablename__ = "task_count_changes"
+
+    id: Mapped[int] = mapped_column(TaskId, primary_key=True, autoincrement=True)
+    status: Mapped[TaskStatus] = mapped_column(_enum_column(TaskStatus, "task_count_change_status"))
+    priority: Mapped[TaskPriority] = mapped_column(
+        _enum_column(TaskPriority, "task_count_change_priority")
+    )
+    delta: Mapped[int] = mapped_column(Integer)
+
+
 class IdempotencyKey(Base):
     """A client's key for one create: a key is used once, so a retry makes no second task.
 

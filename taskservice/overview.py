@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import bindparam, literal_column, select, text
+from sqlalchemy import Row, Table, bindparam, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from taskservice.config import MAX_CONCURRENCY
-from taskservice.models import TaskPriority, TaskRow, TaskStatus, utcnow
+from taskservice.models import Replica, TaskPriority, TaskRow, TaskSlot, TaskStatus, utcnow
 from taskservice.tasks import TASKS, count_by_status
 
 QUEUE_HEAD = 10
@@ -27,6 +28,11 @@ TIMELINE_BARS = 400
 # Every slot of the largest pool; more tasks in Run than slots would be a bug
 # the dashboard must show, so the read is bounded well above the pool's size.
 MAX_RUNNING = 2 * MAX_CONCURRENCY
+# Replicas on PostgreSQL (none on SQLite); those silent for ten minutes are forgotten.
+MAX_REPLICAS = 100
+
+_REPLICAS_TABLE = cast("Table", Replica.__table__)
+_SLOTS_TABLE = cast("Table", TaskSlot.__table__)
 
 # Literal conditions, not bound parameters, so that every plan of a query can
 # use the partial indexes (migration 0003): PostgreSQL's generic plans, for
@@ -54,6 +60,12 @@ _FINISHED_SINCE = (
     .order_by(TASKS.c.finish_time.desc())
     .limit(bindparam("limit"))
 )
+_REPLICAS = (
+    select(*_REPLICAS_TABLE.c)
+    .order_by(_REPLICAS_TABLE.c.started_at, _REPLICAS_TABLE.c.id)
+    .limit(MAX_REPLICAS)
+)
+_SLOTS = select(*_SLOTS_TABLE.c).order_by(_SLOTS_TABLE.c.slot).limit(MAX_RUNNING)
 # On PostgreSQL each statement of a READ COMMITTED transaction sees its own
 # moment: a task claimed between two reads would be in neither list.
 _ONE_SNAPSHOT = text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -70,10 +82,12 @@ class Overview:
     recent: Sequence[TaskRow]
     timeline_since: datetime
     timeline: Sequence[TaskRow]
+    replicas: Sequence[Row[Any]]
+    slots: Sequence[Row[Any]]
 
 
 def read_overview(session: Session) -> Overview:
-    """Counts, running tasks, the next to run, the latest finished and the timeline.
+    """Counts, running tasks, the next to run, the latest finished, the timeline, the replicas.
 
     All read in the session's transaction, which must not have read anything yet:
     on PostgreSQL it is made one snapshot, as SQLite's read transactions are.
@@ -88,6 +102,8 @@ def read_overview(session: Session) -> Overview:
         recent=session.execute(_LATEST_FINISHED, {"limit": RECENT}).all(),
         timeline_since=since,
         timeline=bars,
+        replicas=session.execute(_REPLICAS).all(),
+        slots=session.execute(_SLOTS).all(),
         # After the reads: no task read can have started after the snapshot's time.
         time=utcnow(),
     )

@@ -7,9 +7,11 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from taskservice import tasks
 from taskservice.db import Database
@@ -55,6 +57,25 @@ def clean_error(error: BaseException) -> str:
     message = str(error) or type(error).__name__
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return message.replace("\x00", "\\x00")[:MAX_ERROR_LENGTH]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run of a task's body ended: its duration, and its error if it failed."""
+
+    exec_time: float
+    error: str | None
+
+    @property
+    def status(self) -> TaskStatus:
+        """The status it ends the task in."""
+        return TaskStatus.COMPLETED if self.error is None else TaskStatus.FAILED
+
+
+def was_recorded(session: Session, task: TaskRow) -> bool:
+    """Whether this attempt of `task` has its end recorded (by a try whose answer was lost)."""
+    current = tasks.get_task(session, task.id)
+    return bool(current.attempts == task.attempts and current.status.is_final)
 
 
 class TaskRunner:
@@ -121,6 +142,12 @@ class TaskRunner:
         self.stopping.set()
 
     def _run(self, worker: str, task: TaskRow) -> None:
+        outcome = self._execute(worker, task)
+        finished = self._retry(worker, task.id, lambda retry: self._finish(task, outcome, retry))
+        self._report(worker, task, outcome, finished)
+
+    def _execute(self, worker: str, task: TaskRow) -> Outcome:
+        """Run the body of a claimed task; how it ended."""
         since_created = ((task.start_time or task.create_time) - task.create_time).total_seconds()
         if task.attempts == 1:
             logger.info(
@@ -147,19 +174,24 @@ class TaskRunner:
             error = clean_error(exc)
         finally:
             self._running.pop(task.slot, None)
-        exec_time = self._clock() - started
-        status = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
-        finished = self._retry(
-            worker, task.id, lambda retry: self._finish(task, status, exec_time, error, retry)
-        )
+        return Outcome(self._clock() - started, error)
+
+    def _report(self, worker: str, task: TaskRow, outcome: Outcome, finished: bool) -> None:
+        """Count and log how a run ended, once its result is recorded (or refused)."""
         if finished and self._metrics is not None:
-            self._metrics.task_finished(status, task.priority, exec_time)
+            self._metrics.task_finished(outcome.status, task.priority, outcome.exec_time)
         if not finished:
             logger.warning("%s: task %s was no longer running; result dropped", worker, task.id)
-        elif error is None:
-            logger.info("%s: task %s completed in %.3f s", worker, task.id, exec_time)
+        elif outcome.error is None:
+            logger.info("%s: task %s completed in %.3f s", worker, task.id, outcome.exec_time)
         else:
-            logger.info("%s: task %s failed in %.3f s: %s", worker, task.id, exec_time, error)
+            logger.info(
+                "%s: task %s failed in %.3f s: %s",
+                worker,
+                task.id,
+                outcome.exec_time,
+                outcome.error,
+            )
 
     def _claim(self, task_id: int, slot: int, retry: bool) -> TaskRow | None:
         with self._db.writing(urgent=True) as session:
@@ -174,24 +206,30 @@ class TaskRunner:
                 task = current if current.status is TaskStatus.RUN else None
             return task
 
-    def _finish(
-        self, task: TaskRow, status: TaskStatus, exec_time: float, error: str | None, retry: bool
-    ) -> bool:
+    def _finish(self, task: TaskRow, outcome: Outcome, retry: bool) -> bool:
         with self._db.writing(urgent=True) as session:
-            finished = tasks.finish_task(
-                session, task.id, task.attempts, status=status, exec_time=exec_time, error=error
-            )
-            if finished is not None:
-                what = TaskEvent.COMPLETED if status is TaskStatus.COMPLETED else TaskEvent.FAILED
-                self._outbox.record(session, what, finished)
+            if self._record(session, task, outcome):
                 return True
-            if retry:
-                # As in _claim: the failed try may have recorded the result.
-                current = tasks.get_task(session, task.id)
-                return bool(current.attempts == task.attempts and current.status.is_final)
-            return False
+            # As in _claim: the failed try may have recorded the result.
+            return retry and was_recorded(session, task)
 
-    def _retry(self, worker: str, task_id: int, operation: Callable[[bool], T]) -> T:
+    def _record(self, session: Session, task: TaskRow, outcome: Outcome) -> bool:
+        """Record the end of this attempt of `task`, and its event; False if it no longer runs."""
+        finished = tasks.finish_task(
+            session,
+            task.id,
+            task.attempts,
+            status=outcome.status,
+            exec_time=outcome.exec_time,
+            error=outcome.error,
+        )
+        if finished is None:
+            return False
+        what = TaskEvent.COMPLETED if outcome.status is TaskStatus.COMPLETED else TaskEvent.FAILED
+        self._outbox.record(session, what, finished)
+        return True
+
+    def _retry(self, worker: str, task_id: int | None, operation: Callable[[bool], T]) -> T:
         """Run `operation(retry)` until it gets through without a database error."""
         delay = FIRST_RETRY_DELAY
         retry = False

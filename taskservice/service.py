@@ -19,6 +19,8 @@ from taskservice.overview import Overview, read_overview
 logger = logging.getLogger(__name__)
 
 Submit = Callable[[int, int], None]
+# Told, in a create's transaction, that it makes a task (PostgreSQL: a NOTIFY to the replicas).
+Notify = Callable[[Session], None]
 
 
 def _not_dispatched(rank: int, task_id: int) -> None:
@@ -36,9 +38,11 @@ class TaskService:
         max_queued: int | None = None,
         metrics: Metrics | None = None,
         outbox: Outbox | None = None,
+        notify: Notify | None = None,
     ) -> None:
         self._db = db
         self._submit = submit or _not_dispatched
+        self._notify = notify
         self._max_queued = max_queued
         self._metrics = metrics
         self._outbox = outbox or Outbox(enabled=False)
@@ -121,6 +125,8 @@ class TaskService:
             max_queued=self._max_queued,
         )
         self._outbox.record(session, TaskEvent.CREATED, task)
+        if self._notify is not None:
+            self._notify(session)
         return task
 
     def _dispatch(self, task: TaskRow) -> None:

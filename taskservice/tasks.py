@@ -22,6 +22,8 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
+    union_all,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -31,6 +33,7 @@ from taskservice.errors import QueueFull, TaskNotCancellable, TaskNotFound
 from taskservice.models import (
     Task,
     TaskCount,
+    TaskCountChange,
     TaskPriority,
     TaskRow,
     TaskSource,
@@ -44,6 +47,7 @@ MAX_OFFSET = 2**63 - 1
 
 TASKS = cast("Table", Task.__table__)
 COUNTS = cast("Table", TaskCount.__table__)
+CHANGES = cast("Table", TaskCountChange.__table__)
 
 
 def _moving_to(target: TaskStatus) -> Any:
@@ -52,9 +56,34 @@ def _moving_to(target: TaskStatus) -> Any:
 
 
 _INSERT = insert(TASKS).returning(*TASKS.c)
-_COUNT_BY_STATUS = select(COUNTS.c.status, func.sum(COUNTS.c.count)).group_by(COUNTS.c.status)
-_QUEUED_COUNTS = (
-    select(COUNTS.c.count).where(COUNTS.c.status == TaskStatus.IN_QUEUE).with_for_update()
+# A count is its row plus the changes appended since the last fold (see TaskCountChange).
+_ALL_COUNTS = union_all(
+    select(COUNTS.c.status, COUNTS.c.priority, COUNTS.c.count),
+    select(CHANGES.c.status, CHANGES.c.priority, CHANGES.c.delta),
+).subquery("counts")
+_COUNT_BY_STATUS = select(_ALL_COUNTS.c.status, func.sum(_ALL_COUNTS.c.count)).group_by(
+    _ALL_COUNTS.c.status
+)
+_QUEUED_COUNT = select(func.coalesce(func.sum(_ALL_COUNTS.c.count), 0)).where(
+    _ALL_COUNTS.c.status == TaskStatus.IN_QUEUE
+)
+# Within this many of TASKSERVICE_MAX_QUEUED, creates on PostgreSQL count under a
+# lock (see _queue_is_full): more creates than this at the same moment, far more
+# than any deployment's request threads, could pass the bound.
+EXACT_WITHIN = 1000
+_CREATE_TURN = select(
+    func.pg_advisory_xact_lock(func.hashtext(func.current_schema() + ".queue_bound"))
+)
+# One fold at a time per schema: two would update the same counts in any order.
+_FOLD_TURN = select(
+    func.pg_try_advisory_xact_lock(func.hashtext(func.current_schema() + ".task_count_changes"))
+)
+_FOLD = text(
+    "WITH folded AS (DELETE FROM task_count_changes RETURNING status, priority, delta)"
+    " UPDATE task_counts SET count = task_counts.count + sums.delta"
+    " FROM (SELECT status, priority, sum(delta) AS delta FROM folded"
+    " GROUP BY status, priority) AS sums"
+    " WHERE task_counts.status = sums.status AND task_counts.priority = sums.priority"
 )
 _SELECT = select(*TASKS.c).where(TASKS.c.id == bindparam("task_id"))
 _CANCEL = (
@@ -112,10 +141,8 @@ def create_task(
     max_queued: int | None = None,
 ) -> TaskRow:
     """Insert a new queued task; QueueFull if `max_queued` tasks already wait."""
-    # In the insert's transaction, so a refused create leaves nothing behind,
-    # with the queued counts locked until it commits, so that creates at the
-    # same moment (on PostgreSQL; SQLite's writers take turns) cannot all pass.
-    if max_queued is not None and sum(session.execute(_QUEUED_COUNTS).scalars()) >= max_queued:
+    # In the insert's transaction, so a refused create leaves nothing behind.
+    if max_queued is not None and _queue_is_full(session, max_queued):
         raise QueueFull(max_queued)
     values = {
         "name": name,
@@ -127,6 +154,21 @@ def create_task(
         "source": source,
     }
     return session.execute(_INSERT, values).one()
+
+
+def _queue_is_full(session: Session, max_queued: int) -> bool:
+    """Whether `max_queued` tasks wait, counted so that creates at the same moment cannot all pass.
+
+    SQLite's writers take turns, so its count is exact. On PostgreSQL creates
+    near the bound take turns on a lock and count again, each seeing the ones
+    before it; far from it they count without one, so that creates on every
+    replica do not wait for each other.
+    """
+    queued: int = session.execute(_QUEUED_COUNT).scalar_one()
+    if queued + EXACT_WITHIN >= max_queued and session.get_bind().dialect.name == "postgresql":
+        session.execute(_CREATE_TURN)
+        queued = session.execute(_QUEUED_COUNT).scalar_one()  # a new snapshot, after the lock
+    return queued >= max_queued
 
 
 def get_task(session: Session, task_id: int) -> TaskRow:
@@ -172,11 +214,11 @@ def _count_statement(by_status: bool, by_priority: bool) -> Select[Any]:
     # themselves reads an index entry per task, which at a million tasks takes
     # longer than the rest of the request.
     # PostgreSQL sums integers to a numeric; the total is an integer.
-    statement = select(sql_cast(func.coalesce(func.sum(COUNTS.c.count), 0), BigInteger))
+    statement = select(sql_cast(func.coalesce(func.sum(_ALL_COUNTS.c.count), 0), BigInteger))
     if by_status:
-        statement = statement.where(COUNTS.c.status == bindparam("status"))
+        statement = statement.where(_ALL_COUNTS.c.status == bindparam("status"))
     if by_priority:
-        statement = statement.where(COUNTS.c.priority == bindparam("priority"))
+        statement = statement.where(_ALL_COUNTS.c.priority == bindparam("priority"))
     return statement
 
 
@@ -234,6 +276,12 @@ def finish_task(
 def requeue_interrupted(session: Session) -> Sequence[TaskRow]:
     """Queue again every task left running by a process that died; return them."""
     return session.execute(_REQUEUE).all()
+
+
+def fold_counts(session: Session) -> None:
+    """Fold the appended count changes into the counts (PostgreSQL), unless another fold runs."""
+    if session.get_bind().dialect.name == "postgresql" and session.execute(_FOLD_TURN).scalar():
+        session.execute(_FOLD)
 
 
 def queued_tasks(session: Session) -> Sequence[tuple[int, int]]:

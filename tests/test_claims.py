@@ -223,3 +223,40 @@ def test_an_expired_slot_with_nothing_to_run_is_freed(pg: Database):
     with pg.reading() as session:
         row = session.execute(text("SELECT task_id, replica_id FROM task_slots")).one()
     assert tuple(row) == (None, None)
+
+
+def test_an_expired_slot_is_taken_over_before_a_free_one_is_used(pg: Database):
+    """With nothing else queued, the dead replica's task must not wait for load to come."""
+    slots(pg, 2)
+    (task_id,) = queue(pg, TaskPriority.LOW)
+    with pg.writing() as session:  # held in slot 2 by a replica that died; slot 1 is free
+        got = claims.claim_next(session, replica_id="gone", lease=LEASE)
+        assert isinstance(got, Claim)
+        session.execute(
+            text(
+                "UPDATE task_slots AS two SET task_id = one.task_id, attempt = one.attempt,"
+                " replica_id = one.replica_id, lease_until = one.lease_until"
+                " FROM task_slots AS one WHERE two.slot = 2 AND one.slot = 1"
+            )
+        )
+        session.execute(text("UPDATE task_slots SET task_id = NULL WHERE slot = 1"))
+    expire_leases(pg)
+
+    again = claim(pg, "b")
+
+    assert isinstance(again, Claim)
+    assert again.taken_over is not None
+    assert (again.task.id, again.task.attempts, again.slot) == (task_id, 2, 2)
+
+
+def test_the_slot_count_follows_the_setting(pg: Database):
+    slots(pg, 3)
+    queue(pg, TaskPriority.HIGH)
+    held = claim(pg, "a")  # in slot 1
+    assert isinstance(held, Claim)
+
+    with pg.writing() as session:
+        assert claims.ensure_slots(session, 1) == 1  # the free slots 2 and 3 go
+    queue(pg, TaskPriority.HIGH)
+
+    assert claim(pg, "b") is None  # the one slot is busy

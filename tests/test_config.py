@@ -25,6 +25,8 @@ def test_defaults(tmp_path: Path):
         "TASKSERVICE_LOCK_TIMEOUT": 15.0,
         "TASKSERVICE_MAX_QUEUED": 100_000,
         "TASKSERVICE_SQLITE_SYNCHRONOUS": "FULL",
+        "TASKSERVICE_LEASE_SECONDS": 5.0,
+        "TASKSERVICE_RUN_TASKS": True,
         "TASKSERVICE_AMQP_URL": None,
         "TASKSERVICE_AMQP_PREFIX": "taskservice",
     }
@@ -39,6 +41,7 @@ def test_values_from_the_environment(tmp_path: Path):
         "TASKSERVICE_SQLITE_SYNCHRONOUS": "normal",
         "TASKSERVICE_AMQP_URL": " amqp://guest:guest@127.0.0.1:5672/%2F ",
         "TASKSERVICE_AMQP_PREFIX": "billing.tasks",
+        "TASKSERVICE_LEASE_SECONDS": "2.5",
     }
 
     config = load_config(environ, str(tmp_path))
@@ -50,6 +53,19 @@ def test_values_from_the_environment(tmp_path: Path):
     assert config["TASKSERVICE_SQLITE_SYNCHRONOUS"] == "NORMAL"
     assert config["TASKSERVICE_AMQP_URL"] == "amqp://guest:guest@127.0.0.1:5672/%2F"
     assert config["TASKSERVICE_AMQP_PREFIX"] == "billing.tasks"
+    assert config["TASKSERVICE_LEASE_SECONDS"] == 2.5
+
+
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("0", False), ("TRUE", True)])
+def test_an_api_only_replica_on_postgresql(tmp_path: Path, value: str, expected: bool):
+    environ = {"DATABASE_URL": "postgresql://h/db", "TASKSERVICE_RUN_TASKS": value}
+
+    assert load_config(environ, str(tmp_path))["TASKSERVICE_RUN_TASKS"] is expected
+
+
+def test_an_api_only_replica_on_sqlite_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="TASKSERVICE_RUN_TASKS=false needs PostgreSQL"):
+        load_config({"TASKSERVICE_RUN_TASKS": "false"}, str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -83,6 +99,8 @@ def test_values_from_the_environment(tmp_path: Path):
         ("TASKSERVICE_AMQP_PREFIX", "amq.mine", "TASKSERVICE_AMQP_PREFIX must be 1 to 100"),
         ("TASKSERVICE_AMQP_PREFIX", ".hidden", "not starting with '.'"),
         ("TASKSERVICE_AMQP_PREFIX", "with space", "got 'with space'"),
+        ("TASKSERVICE_LEASE_SECONDS", "1", "TASKSERVICE_LEASE_SECONDS must be between 2 and 600"),
+        ("TASKSERVICE_RUN_TASKS", "maybe", "TASKSERVICE_RUN_TASKS must be true or false"),
         ("TASKSERVICE_AMQP_PREFIX", "x" * 101, "TASKSERVICE_AMQP_PREFIX must be 1 to 100"),
     ],
 )
@@ -159,4 +177,4 @@ def test_the_sqlite_sync_setting_reaches_the_database(
 def test_pool_starts_with_the_app(pool_app):
     pool = pool_app.extensions[EXTENSION_KEY].pool
     assert pool is not None
-    assert pool.workers.alive() == 2
+    assert pool.health().workers_alive == 2

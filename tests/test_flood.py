@@ -29,9 +29,10 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
         database_url,
         tmp_path / "gunicorn.log",
         TASKSERVICE_MAX_QUEUED=str(MAX_QUEUED),
-        # Tasks of duration 1 take 10 ms: two slots drain at most 200 a second,
-        # fewer than the flood creates, so the queue surely fills.
-        TASKSERVICE_TIME_SCALE="0.01",
+        # Tasks of duration 1 take 50 ms: two slots drain at most 40 a second,
+        # far fewer than the flood creates even on a busy machine, so the queue
+        # surely fills, and 400 drain while it runs.
+        TASKSERVICE_TIME_SCALE="0.05",
     ).start()
     try:
         server.wait_healthy()

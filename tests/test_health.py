@@ -9,6 +9,7 @@ from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from taskservice.extension import EXTENSION_KEY
+from taskservice.pool.shared import SharedPool
 from tests.conftest import Gate
 from tests.helpers import wait_for
 
@@ -44,8 +45,7 @@ def test_no_workers_is_unavailable(app: Flask):
 
 
 def test_dead_worker_is_unavailable(pool_app: Flask):
-    pool = pool_app.extensions[EXTENSION_KEY].pool
-    pool.workers.stop(timeout=5)
+    pool_app.extensions[EXTENSION_KEY].pool.stop(timeout=5)
 
     response = pool_app.test_client().get("/health")
 
@@ -54,7 +54,11 @@ def test_dead_worker_is_unavailable(pool_app: Flask):
 
 
 def test_lost_pool_lock_is_unavailable(pool_app: Flask):
-    pool_app.extensions[EXTENSION_KEY].pool.lock.release()
+    pool = pool_app.extensions[EXTENSION_KEY].pool
+    if isinstance(pool, SharedPool):  # a replica's lease lapsed, or its slot was taken
+        pool.keeper.lost.set()
+    else:
+        pool.lock.release()
 
     response = pool_app.test_client().get("/health")
 

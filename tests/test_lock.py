@@ -1,4 +1,9 @@
-"""One pool per database: a second one refuses to start, clearly."""
+"""One pool per SQLite database: a second one refuses to start, clearly.
+
+On PostgreSQL replicas share the database (tests/test_replicas.py); there the
+advisory lock only keeps a replica from starting beside a pool of a version
+from before replicas (the last tests here).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from app import create_app
 from taskservice.db import Database
 from taskservice.errors import DatabaseInUse
 from taskservice.pool.lock import PostgresAdvisoryLock, SQLiteFileLock, pool_lock_for
@@ -17,6 +24,12 @@ from tests.conftest import AppFactory, Gate
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite's: the one kind of database that takes one pool only."""
+    return f"sqlite:///{tmp_path / 'tasks.sqlite3'}"
 
 
 def test_second_pool_in_the_same_process_is_refused(make_app: AppFactory):
@@ -92,15 +105,37 @@ def test_a_database_it_may_not_write_stops_it_with_one_line(tmp_path: Path):
     ]
 
 
-def test_each_database_gets_its_kind_of_lock(database_url: str):
-    db = Database(database_url)
+@pytest.mark.parametrize(
+    "kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+)
+def test_each_database_gets_its_kind_of_lock(
+    kind: str, database_url: str, request: pytest.FixtureRequest
+):
+    url = database_url if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    db = Database(url)
     try:
         lock = pool_lock_for(db, timeout=0.1)
     finally:
         db.dispose()
 
-    expected = SQLiteFileLock if database_url.startswith("sqlite") else PostgresAdvisoryLock
-    assert type(lock) is expected
+    assert type(lock) is (SQLiteFileLock if kind == "sqlite" else PostgresAdvisoryLock)
+
+
+@pytest.mark.postgresql
+def test_a_replica_waits_for_a_pool_from_before_replicas(postgres_url: str):
+    """Such a pool holds the advisory lock while it runs: no replica starts beside it."""
+    old_pool = PostgresAdvisoryLock(postgres_url, timeout=1)
+    old_pool.acquire()
+    try:
+        with pytest.raises(DatabaseInUse, match="another process runs the task pool"):
+            create_replica(postgres_url)
+    finally:
+        old_pool.release()
+    app = create_replica(postgres_url)
+    try:
+        assert app.extensions["taskservice"].pool.health().workers_alive == 2
+    finally:
+        app.extensions["taskservice"].close()
 
 
 def test_a_pool_that_cannot_stop_keeps_the_lock(make_app: AppFactory, gate: Gate):
@@ -137,6 +172,11 @@ def test_a_failed_start_releases_the_lock(make_app: AppFactory, monkeypatch: pyt
 
     assert failure.value is not None  # the failed start's frames are still alive here
     assert make_app().extensions["taskservice"].pool is not None
+
+
+def create_replica(url: str) -> Any:
+    settings = {"TESTING": True, "DATABASE_URL": url, "TASKSERVICE_LOCK_TIMEOUT": 0.3}
+    return create_app(settings)
 
 
 # Holds the pool for a moment, as a predecessor that is still exiting would.

@@ -83,8 +83,8 @@ def test_the_listener_comes_back_after_its_session_is_ended(
             connection.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE query LIKE 'LISTEN %' AND datname = current_database()"
-                    " AND pid <> pg_backend_pid()"
+                    " WHERE query = format('LISTEN %I', 'taskservice.' || current_schema())"
+                    " AND datname = current_database()"
                 )
             )
             .scalars()

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from taskservice import tasks
 from taskservice.db import Database
 from taskservice.models import TaskPriority, TaskStatus
 from tests.helpers import insert_task
 
+# A count is its row plus the changes not folded into it yet (PostgreSQL appends them).
+KEPT_COUNTS = text(
+    "SELECT status, priority, sum(count) FROM (SELECT status, priority, count FROM task_counts"
+    " UNION ALL SELECT status, priority, delta FROM task_count_changes) AS counts"
+    " GROUP BY status, priority"
+)
+
 
 def kept_counts(db: Database) -> dict[tuple[str, str], int]:
     with db.engine.connect() as connection:
-        rows = connection.execute(text("SELECT status, priority, count FROM task_counts"))
-        return {(status, priority): count for status, priority, count in rows if count}
+        rows = connection.execute(KEPT_COUNTS)
+        return {(status, priority): int(count) for status, priority, count in rows if count}
+
+
+def changes(db: Database) -> int:
+    with db.engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM task_count_changes")).scalar_one())
 
 
 def actual_counts(db: Database) -> dict[tuple[str, str], int]:
@@ -87,3 +100,55 @@ def test_a_list_total_comes_from_the_counts(
 
     assert counted == total
     assert len(page) == total
+
+
+@pytest.mark.postgresql
+def test_folding_moves_the_changes_into_the_counts(pg: Database):
+    for priority in [*TaskPriority, TaskPriority.LOW]:
+        insert_task(pg, priority)
+    with pg.writing() as session:
+        tasks.cancel_task(session, 1)
+    before = kept_counts(pg)
+    assert changes(pg) == 6  # four creates, and a cancel's two
+
+    with pg.writing() as session:
+        tasks.fold_counts(session)
+
+    assert changes(pg) == 0
+    assert kept_counts(pg) == before == actual_counts(pg)
+    with pg.writing() as session:
+        assert tasks.count_by_status(session) == {
+            TaskStatus.IN_QUEUE: 3,
+            TaskStatus.RUN: 0,
+            TaskStatus.COMPLETED: 0,
+            TaskStatus.FAILED: 0,
+            TaskStatus.CANCELLED: 1,
+        }
+
+
+@pytest.mark.postgresql
+def test_a_transaction_left_open_holds_up_no_other_change(pg: Database):
+    """Changes of the same status and priority share no row: none waits for another's commit."""
+    first, second = insert_task(pg), insert_task(pg)
+    with pg.writing() as held:
+        # Left open, as by a replica paused before its COMMIT.
+        assert tasks.claim_task(held, first, slot=1) is not None
+        assert tasks.finish_task(held, first, 1, status=TaskStatus.COMPLETED, exec_time=1)
+        other = Database(pg.url)
+        try:
+            with other.engine.connect() as connection:
+                connection.exec_driver_sql("SET lock_timeout = '2s'")
+                session = Session(connection)
+                third = tasks.create_task(
+                    session, name=None, duration=1, priority=TaskPriority.MEDIUM, max_queued=10
+                ).id
+                assert tasks.claim_task(session, second, slot=2) is not None
+                assert tasks.finish_task(
+                    session, second, 1, status=TaskStatus.COMPLETED, exec_time=1
+                )
+                assert tasks.cancel_task(session, third).status is TaskStatus.CANCELLED
+                tasks.fold_counts(session)
+                session.commit()
+        finally:
+            other.dispose()
+    assert kept_counts(pg) == actual_counts(pg)

@@ -12,7 +12,7 @@ from taskservice import tasks
 from taskservice.extension import EXTENSION_KEY, get_extension
 from taskservice.models import TaskPriority, TaskStatus
 from taskservice.pool import LOCK_LOSS_GRACE, LockWatchdog
-from taskservice.pool.lock import ADVISORY_LOCK_CLASS
+from taskservice.pool.lock import ADVISORY_LOCK_CLASS, PostgresAdvisoryLock
 from taskservice.runner import TaskRunner, sleep_body
 from tests.conftest import AppFactory
 
@@ -85,14 +85,13 @@ def test_no_task_starts_once_the_lock_is_lost(app: Flask):
     assert (task.status, task.attempts) == (TaskStatus.IN_QUEUE, 0)
 
 
-# Only PostgreSQL's lock can be lost while its process lives.
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_postgres_lock_is_lost_with_its_connection(make_app: AppFactory, database_url: str):
-    app = make_app()
-    lock = app.extensions[EXTENSION_KEY].pool.lock
+@pytest.mark.postgresql
+def test_a_postgres_lock_is_lost_with_its_connection(postgres_url: str):
+    lock = PostgresAdvisoryLock(postgres_url, timeout=1)
+    lock.acquire()
     assert lock.is_held()
 
-    terminate_lock_connection(database_url)
+    terminate_lock_connection(postgres_url)
 
     assert not lock.is_held()
     lock.release()  # nothing left to release; it must not raise
@@ -115,6 +114,8 @@ def terminate_lock_connection(database_url: str) -> None:
     assert killed == 1
 
 
+# The pool of one SQLite database (on PostgreSQL, replicas take over through leases).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_successor_waits_before_requeuing_running_tasks(
     make_app: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ):

@@ -103,10 +103,19 @@ class HealthSchema(Schema):
     )
     pool_lock = fields.String(
         required=True,
-        metadata={"description": "'held' while this process owns the pool.", "example": "held"},
+        metadata={
+            "description": "'held' while this process may run tasks: it holds the SQLite"
+            " database's pool lock, or, on PostgreSQL, its leases stand.",
+            "example": "held",
+        },
     )
     queued = fields.Integer(
-        required=True, metadata={"description": "Task numbers waiting in memory.", "example": 0}
+        required=True,
+        metadata={
+            "description": "Task numbers waiting in memory (SQLite; on PostgreSQL the queue is"
+            " the database's, and this is 0).",
+            "example": 0,
+        },
     )
     running = fields.List(
         fields.Integer(),
@@ -164,6 +173,41 @@ class TimelineBars(fields.List[Any]):
         ]
 
 
+class ReplicaRowSchema(Schema):
+    """A replica on the shared PostgreSQL database."""
+
+    id = fields.String(required=True, metadata={"description": "Its name, as in /health."})
+    pid = fields.Integer(required=True, metadata={"description": "Its worker's process id."})
+    host = fields.String(required=True, metadata={"description": "The machine it runs on."})
+    runs_tasks = fields.Boolean(
+        required=True, metadata={"description": "False for an API-only replica."}
+    )
+    started_at = fields.AwareDateTime(required=True, metadata={"description": "When it started."})
+    heartbeat_at = fields.AwareDateTime(
+        required=True, metadata={"description": "When it last said it was alive (every second)."}
+    )
+
+
+class SlotSchema(Schema):
+    """One of the places a task can run in, shared by every replica on PostgreSQL."""
+
+    slot = fields.Integer(required=True)
+    task_id = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "The task it holds, if any."}
+    )
+    attempt = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "That task's attempt."}
+    )
+    replica_id = fields.String(
+        required=True, allow_none=True, metadata={"description": "The replica that runs it."}
+    )
+    lease_until = fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Until when its replica's claim stands without a renewal."},
+    )
+
+
 class OverviewSchema(Schema):
     """A snapshot of the queue, as the dashboard shows it."""
 
@@ -196,6 +240,22 @@ class OverviewSchema(Schema):
         fields.Nested(TaskSchema),
         required=True,
         metadata={"description": "The 10 latest tasks to finish, of those that ran."},
+    )
+    replicas = fields.List(
+        fields.Nested(ReplicaRowSchema),
+        required=True,
+        metadata={
+            "description": "The replicas on a shared PostgreSQL database, with their heartbeats"
+            " (empty on SQLite, which one process serves)."
+        },
+    )
+    slots = fields.List(
+        fields.Nested(SlotSchema),
+        required=True,
+        metadata={
+            "description": "The slots on PostgreSQL and which replica holds each (empty on"
+            " SQLite, whose one process has its workers)."
+        },
     )
     timeline_since = fields.AwareDateTime(
         required=True,

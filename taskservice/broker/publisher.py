@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
@@ -17,8 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from taskservice.broker.link import Link
 from taskservice.broker.topology import Topology
-from taskservice.db import Database
-from taskservice.events import Outbox, pending_events, remove_events
+from taskservice.db import Database, is_sqlite
+from taskservice.events import Outbox, pending_events, remove_events, take_publisher_turn
 from taskservice.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -85,13 +85,37 @@ class Publisher(Link):
                 self._db.remove_session()
             delay = FIRST_RETRY
             self.database_error = None
-            if published < BATCH and _wait(connection, POLL_SECONDS, self._outbox.written.wait):
+            if published is None:
+                # Another replica publishes now; its round may end before a poll would.
+                _wait(connection, LINGER_SECONDS, self.stopping.wait)
+            elif published < BATCH and _wait(connection, POLL_SECONDS, self._outbox.written.wait):
                 _wait(connection, LINGER_SECONDS, self.stopping.wait)
 
-    def _publish_batch(self, channel: Any) -> int:
-        """Publish up to BATCH events in order, then delete them; how many there were."""
+    def _publish_batch(self, channel: Any) -> int | None:
+        """Publish up to BATCH events in order, then delete them; how many, None if not our turn."""
+        if not is_sqlite(self._db.url):
+            return self._publish_batch_in_turn(channel)
+        # One process per SQLite database: no other publisher, and a write
+        # transaction held while publishing would hold up every create.
         with self._db.reading() as session:
             events = pending_events(session, BATCH)
+        self._send(channel, events)
+        if events:
+            with self._db.writing() as session:
+                remove_events(session, [event.id for event in events])
+        return len(events)
+
+    def _publish_batch_in_turn(self, channel: Any) -> int | None:
+        """As _publish_batch, in one transaction that only one replica's publisher holds."""
+        with self._db.writing() as session:
+            if not take_publisher_turn(session):
+                return None
+            events = pending_events(session, BATCH)
+            self._send(channel, events)
+            remove_events(session, [event.id for event in events])
+        return len(events)
+
+    def _send(self, channel: Any, events: Sequence[Any]) -> None:
         for event in events:
             properties = pika.BasicProperties(
                 content_type="application/json",
@@ -105,10 +129,6 @@ class Publisher(Link):
                 self._topology.events_exchange, event.routing_key, event.body.encode(), properties
             )
             self._metrics.event_published()
-        if events:
-            with self._db.writing() as session:
-                remove_events(session, [event.id for event in events])
-        return len(events)
 
     def _db_failed(self, error: SQLAlchemyError, delay: float) -> None:
         first = self.database_error is None

@@ -19,11 +19,23 @@ one pool per database (taskservice.pool.lock) and needs none of this.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Interval, Table, bindparam, func, literal_column, or_, select
+from sqlalchemy import (
+    CursorResult,
+    Interval,
+    Table,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+)
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -43,10 +55,18 @@ _LEASE = bindparam("lease", type_=Interval())
 _QUEUED = TASKS.c.status == literal_column(f"'{TaskStatus.IN_QUEUE.value}'")
 _BY_RANK = sorted(TaskPriority, key=lambda priority: priority.rank)
 
+# Every slot up to the configured count; more rows are left over from a larger one.
+ALL_SLOTS = 2**31 - 1
+
 _FREE_SLOT = (
     select(SLOTS.c.slot, SLOTS.c.task_id, SLOTS.c.attempt)
-    .where(or_(SLOTS.c.task_id.is_(None), SLOTS.c.lease_until < NOW))
-    .order_by(SLOTS.c.slot)
+    .where(
+        SLOTS.c.slot <= bindparam("slots"),
+        or_(SLOTS.c.task_id.is_(None), SLOTS.c.lease_until < NOW),
+    )
+    # An expired slot before a free one: its task would otherwise wait for
+    # every free slot to fill before it ran again.
+    .order_by(SLOTS.c.task_id.is_(None), SLOTS.c.slot)
     .limit(1)
     .with_for_update(skip_locked=True)
 )
@@ -96,6 +116,21 @@ _REQUEUE_EXPIRED = (
     .returning(*TASKS.c)
 )
 _SLOT_COUNT = select(func.count()).select_from(SLOTS)
+_REMOVE_FREE_BEYOND = sql_delete(SLOTS).where(
+    SLOTS.c.slot > bindparam("count"), SLOTS.c.task_id.is_(None)
+)
+# A task is Run exactly while a slot holds its attempt (a claim and a takeover
+# each change both in one transaction), so one in Run that no slot holds was
+# left by a process from before the slots: it is queued again.
+_REQUEUE_UNHELD = (
+    sql_update(TASKS)
+    .where(
+        TASKS.c.status == TaskStatus.RUN,
+        ~exists().where(SLOTS.c.task_id == TASKS.c.id, SLOTS.c.attempt == TASKS.c.attempts),
+    )
+    .values(status=TaskStatus.IN_QUEUE, start_time=None, slot=None)
+    .returning(*TASKS.c)
+)
 
 
 @dataclass(frozen=True)
@@ -115,21 +150,33 @@ class Expired:
 
 
 def ensure_slots(session: Session, count: int) -> int:
-    """Add the slot rows 1 to `count` that are missing; how many slot rows there are."""
+    """Make the slot rows 1 to `count`, drop free ones beyond it; how many slot rows there are.
+
+    A slot beyond `count` that still holds a task is left to end; claims that
+    name `count` never take it again.
+    """
     rows = [{"slot": slot} for slot in range(1, count + 1)]
     session.execute(pg_insert(SLOTS).on_conflict_do_nothing(index_elements=["slot"]), rows)
+    session.execute(_REMOVE_FREE_BEYOND, {"count": count})
     total: int = session.execute(_SLOT_COUNT).scalar_one()
     return total
 
 
-def claim_next(session: Session, *, replica_id: str, lease: timedelta) -> Claim | Expired | None:
+def requeue_unheld(session: Session) -> Sequence[TaskRow]:
+    """Queue again every task in Run that no slot holds (left from before the slots)."""
+    return session.execute(_REQUEUE_UNHELD).all()
+
+
+def claim_next(
+    session: Session, *, replica_id: str, lease: timedelta, slots: int = ALL_SLOTS
+) -> Claim | Expired | None:
     """Claim the next queued task, in run order, into a free slot; None if none is free.
 
     A slot whose lease has expired counts as free: the task it held is queued
     again first (it may be the one claimed now). Expired, when a slot was freed
     so but no task waits to take it.
     """
-    slot = session.execute(_FREE_SLOT).one_or_none()
+    slot = session.execute(_FREE_SLOT, {"slots": slots}).one_or_none()
     if slot is None:
         return None
     taken_over = None

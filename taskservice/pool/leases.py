@@ -22,11 +22,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from taskservice.db import Database
+from taskservice.metrics import Metrics
 from taskservice.pool import claims
 
 logger = logging.getLogger(__name__)
+
+# How often the watch looks for a lease about to lapse: a small part of any margin.
+WATCH_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,17 @@ class LeaseKeeper:
         interval: float,
         margin: float,
         on_lost: Callable[[str], None],
+        beat: Callable[[Session], None] | None = None,
+        chores: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < interval < lease.total_seconds() - margin:
             raise ValueError("renew more often than the lease, less its margin, lasts")
         self._db = db
+        self._beat = beat
+        self._chores = chores
+        self._metrics = metrics
         self._lease = lease
         self._interval = interval
         self._margin = margin
@@ -62,12 +73,22 @@ class LeaseKeeper:
         self._held: dict[int, Held] = {}
         self._guard = threading.Lock()
         self.renewals = 0
+        self.lost = threading.Event()
         self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-    def hold(self, slot: int, task_id: int, attempt: int, began: float) -> None:
-        """Keep the lease of a claim whose transaction began at `began` (the monotonic clock)."""
+    def hold(self, slot: int, task_id: int, attempt: int, began: float) -> bool:
+        """Keep the lease of a claim whose transaction began at `began` (the monotonic clock).
+
+        Whether its task may start: not once this replica has lost a lease, nor
+        if the claim took so long that its lease is already within the margin.
+        """
+        held = Held(task_id, attempt, began + self._lease.total_seconds())
         with self._guard:
-            self._held[slot] = Held(task_id, attempt, began + self._lease.total_seconds())
+            self._held[slot] = held
+        if held.safe_until - self._clock() < self._margin:
+            self._lose(f"the claim of slot {slot} took too long to commit")
+        return not self.lost.is_set()
 
     def drop(self, slot: int) -> None:
         """Stop keeping `slot`: its attempt ended and freed it."""
@@ -81,11 +102,18 @@ class LeaseKeeper:
 
     def check(self) -> None:
         """Renew every held slot once; call `on_lost` if one was taken or may lapse."""
+        self.renew()
+        self.watch()
+
+    def renew(self) -> None:
+        """Renew every held slot, and beat; call `on_lost` if a slot was taken over."""
         began = self._clock()
         held = self.held()
         try:
             with self._db.writing(urgent=True) as session:
-                taken = [
+                if self._beat is not None:
+                    self._beat(session)
+                refused_slots = [
                     slot
                     for slot, attempt in held.items()
                     if not claims.renew(
@@ -99,26 +127,80 @@ class LeaseKeeper:
         except SQLAlchemyError as error:
             logger.warning("leases could not be renewed: %s", str(error).splitlines()[0])
         else:
-            self.renewals += len(held) - len(taken)
+            refused = set(refused_slots)
+            renewed = len(held) - len(refused)
+            self.renewals += renewed
             with self._guard:
                 for slot, attempt in held.items():
-                    if slot not in taken and self._held.get(slot) == attempt:
+                    if slot not in refused and self._held.get(slot) == attempt:
                         self._held[slot] = Held(
                             attempt.task_id, attempt.attempt, began + self._lease.total_seconds()
                         )
+                # A slot dropped meanwhile was freed by its own hand-over, not taken.
+                taken = sorted(slot for slot in refused if self._held.get(slot) == held[slot])
+            if self._metrics is not None:
+                self._metrics.leases_renewed(renewed)
+                for _slot in taken:
+                    self._metrics.write_fenced("renew")
             if taken:
-                self._on_lost(f"slot(s) {taken} were taken over by another replica")
-                return
+                self._lose(f"slot(s) {taken} were taken over by another replica")
         finally:
             self._db.remove_session()
+
+    def watch(self) -> None:
+        """Call `on_lost` if a held lease could lapse within the margin."""
         now = self._clock()
         lapsing = [
             slot for slot, attempt in self.held().items() if attempt.safe_until - now < self._margin
         ]
         if lapsing:
-            self._on_lost(f"the lease of slot(s) {lapsing} could not be renewed in time")
+            self._lose(f"the lease of slot(s) {lapsing} could not be renewed in time")
 
-    def run(self) -> None:
-        """Check every `interval` s until stopped."""
-        while not self.stopping.wait(self._interval):
-            self.check()
+    def start(self) -> None:
+        """Renew every `interval` s and watch every WATCH_INTERVAL s, each in a daemon thread."""
+        self._threads = [
+            threading.Thread(
+                target=self._every,
+                args=(self._interval, self._renew_and_do_chores),
+                daemon=True,
+                name="lease-renewer",
+            ),
+            threading.Thread(
+                target=self._every,
+                args=(WATCH_INTERVAL, self.watch),
+                daemon=True,
+                name="lease-watch",
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop renewing and watching."""
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _renew_and_do_chores(self) -> None:
+        self.renew()
+        if self._chores is not None:
+            try:
+                self._chores()
+            except SQLAlchemyError as error:  # the next round does them
+                logger.warning("replica chores failed: %s", str(error).splitlines()[0])
+
+    def _every(self, interval: float, check: Callable[[], None]) -> None:
+        while not self.stopping.wait(interval):
+            try:
+                check()
+            except Exception:  # never let the keeper die: its leases would lapse
+                logger.exception("lease keeper: unexpected error")
+
+    def _lose(self, reason: str) -> None:
+        """Report the first loss: once is enough, the process ends."""
+        with self._guard:
+            first = not self.lost.is_set()
+            self.lost.set()
+        if first:
+            logger.critical("this replica must stop: %s", reason)
+            self._on_lost(reason)

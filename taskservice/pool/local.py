@@ -61,6 +61,28 @@ class Runner(Protocol):
         """The tasks whose body runs now."""
 
 
+class TaskPool(Protocol):
+    """What the service, the API and the server ask of a pool (LocalPool, SharedPool)."""
+
+    def submit(self, rank: int, task_id: int) -> None:
+        """A task was committed: queue it, or wake a worker to claim it."""
+
+    def start(self, recovery: Recovery, stopping: threading.Event) -> bool:
+        """Migrate, recover and start the workers; whether it started."""
+
+    def watch(self, on_lost: Callable[[], None]) -> None:
+        """Call `on_lost` (which ends the process) once tasks may no longer go on here."""
+
+    def keep_until_exit(self) -> None:
+        """Hold what a start still holds until the process exits."""
+
+    def stop(self, timeout: float) -> None:
+        """Stop the workers; running tasks get `timeout` s to end."""
+
+    def health(self) -> PoolHealth:
+        """How the pool is."""
+
+
 class LocalPool:
     """The workers, the runner they call, the lock that makes them the only ones, its watchdog."""
 

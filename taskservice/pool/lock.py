@@ -1,9 +1,14 @@
-"""One pool per database: an exclusive lock held by the pool for its lifetime.
+"""One pool per SQLite database: an exclusive lock held by the pool for its lifetime.
 
 A second pool on the same database would break the limit on concurrent tasks,
 and its recovery would requeue the first one's running tasks. Both kinds of
 lock here are released by the operating system or the database server when
 the holder dies, even by SIGKILL.
+
+On PostgreSQL the replicas share the database through its slots
+(taskservice.pool.shared); the advisory lock is what a pool of a version from
+before them holds, and a starting replica takes it for a moment to be sure
+that no such pool still runs.
 """
 
 from __future__ import annotations

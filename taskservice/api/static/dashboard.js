@@ -116,6 +116,7 @@ function render() {
   renderSlots();
   renderQueue();
   renderRecent();
+  renderReplicas();
   renderTimeline();
 }
 
@@ -235,6 +236,27 @@ function renderRecent() {
   });
   if (!rows.length) rows.push(emptyRow(7, "Nothing has finished yet."));
   $("#recent tbody").replaceChildren(...rows);
+}
+
+// The replicas on a shared PostgreSQL database; SQLite has none, and the panel stays hidden.
+function renderReplicas() {
+  const panel = $("#replicas-panel");
+  panel.hidden = !latest.replicas.length;
+  if (panel.hidden) return;
+  const now = serverNow();
+  const rows = latest.replicas.map((replica) => {
+    const held = latest.slots.filter((slot) => slot.replica_id === replica.id);
+    const row = element("tr", null, { "data-replica-id": replica.id });
+    row.append(
+      element("td", replica.id, { class: "replica" }),
+      element("td", `${replica.host}:${replica.pid}`, { title: replica.host }),
+      element("td", replica.runs_tasks ? "runs tasks" : "API only"),
+      element("td", `${seconds(Math.max(now - epoch(replica.heartbeat_at), 0))} ago`),
+      element("td", held.map((slot) => `${slot.slot} (#${slot.task_id})`).join(", ") || "none"),
+    );
+    return row;
+  });
+  $("#replicas tbody").replaceChildren(...rows);
 }
 
 function emptyRow(columns, text) {

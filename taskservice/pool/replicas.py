@@ -1,0 +1,65 @@
+"""The replicas on a shared PostgreSQL database: who they are and when each was last alive.
+
+Each replica writes its row when it starts, touches it with every lease
+renewal (its heartbeat) and deletes it when it stops cleanly. A row whose
+heartbeat is older than FORGET_AFTER is a replica that died: the next one to
+start deletes it. The rows only inform (`/overview`); claims and leases never
+read them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import Interval, Row, Table, bindparam, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from taskservice.models import Replica
+from taskservice.pool.claims import NOW
+
+REPLICAS = cast("Table", Replica.__table__)
+FORGET_AFTER = timedelta(minutes=10)
+
+_REGISTER = pg_insert(REPLICAS).values(
+    id=bindparam("replica_id"),
+    pid=bindparam("pid"),
+    host=bindparam("host"),
+    runs_tasks=bindparam("runs_tasks"),
+    started_at=NOW,
+    heartbeat_at=NOW,
+)
+_REGISTER = _REGISTER.on_conflict_do_update(
+    index_elements=["id"], set_={"heartbeat_at": _REGISTER.excluded.heartbeat_at}
+)
+_LEAVE = delete(REPLICAS).where(REPLICAS.c.id == bindparam("replica_id"))
+_FORGET = delete(REPLICAS).where(
+    REPLICAS.c.heartbeat_at < NOW - bindparam("older_than", type_=Interval())
+)
+_LIST = select(*REPLICAS.c).order_by(REPLICAS.c.started_at, REPLICAS.c.id)
+
+
+def register(session: Session, replica_id: str, *, runs_tasks: bool) -> None:
+    """Record this process as a replica, and forget those silent for FORGET_AFTER."""
+    session.execute(_FORGET, {"older_than": FORGET_AFTER})
+    beat(session, replica_id, runs_tasks=runs_tasks)
+
+
+def beat(session: Session, replica_id: str, *, runs_tasks: bool) -> None:
+    """Say this replica is alive now (recording it again if it was forgotten)."""
+    values = {"pid": os.getpid(), "host": socket.gethostname()[:255], "runs_tasks": runs_tasks}
+    session.execute(_REGISTER, {"replica_id": replica_id, **values})
+
+
+def leave(session: Session, replica_id: str) -> None:
+    """Remove this replica's row: it stops."""
+    session.execute(_LEAVE, {"replica_id": replica_id})
+
+
+def list_replicas(session: Session) -> Sequence[Row[Any]]:
+    """Every replica the database knows, oldest first."""
+    return session.execute(_LIST).all()
