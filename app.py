@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Config, Flask
 
-from taskservice import api, tasks
+from taskservice import api
 from taskservice.broker import Broker
 from taskservice.config import load_config
 from taskservice.db import Database, sqlite_path
@@ -29,10 +29,9 @@ from taskservice.pool import (
     replicas,
 )
 from taskservice.pool.leases import LeaseKeeper
-from taskservice.pool.notify import notify_created
 from taskservice.pool.shared import SharedPool
 from taskservice.runner import TaskRunner, sleep_body
-from taskservice.service import TaskService
+from taskservice.service import CountFolder, TaskService
 from taskservice.slots import SlotRunner
 from taskservice.startup import Startup
 
@@ -86,7 +85,6 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
         max_queued=app.config["TASKSERVICE_MAX_QUEUED"],
         metrics=metrics,
         outbox=outbox,
-        notify=notify_created if shared else None,
     )
     metrics.watch_database(service.count_by_status)
     recovery = Recovery(
@@ -176,7 +174,7 @@ def build_shared_pool(
         margin=fifth,
         on_lost=lose,
         beat=lambda session: replicas.beat(session, replica_id, runs_tasks=runs_tasks),
-        chores=lambda: fold_counts(db),
+        chores=CountFolder(db),
         metrics=metrics,
     )
     body = sleep_body(config["TASKSERVICE_TIME_SCALE"], config["TASKSERVICE_FAILURE_RATE"])
@@ -199,15 +197,6 @@ def build_shared_pool(
         single_pool_lock=pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"]),
     )
     return pool
-
-
-def fold_counts(db: Database) -> None:
-    """Fold the count changes the replicas appended into the counts (taskservice.tasks)."""
-    try:
-        with db.writing() as session:
-            tasks.fold_counts(session)
-    finally:
-        db.remove_session()
 
 
 def start_service(recovery: Recovery, pool: TaskPool | None, stopping: threading.Event) -> bool:

@@ -195,9 +195,11 @@ TaskRow = Row[Any]
 class TaskCount(Base):
     """How many tasks there are of each status and priority.
 
-    Kept by database triggers (migration 0002) in the same transaction as the
-    change to the tasks table, so it is exact, whoever writes the table. It
-    lets a list answer its total without counting a million rows.
+    Kept by database triggers in the same transaction as the change to the
+    tasks table, so it is exact, whoever writes the table: on SQLite they
+    update these rows (migration 0002); on PostgreSQL they append to
+    task_count_changes (migration 0007), and a count is its row plus its
+    changes. It lets a list answer its total without counting a million rows.
     """
 
     __tablename__ = "task_counts"

@@ -19,8 +19,8 @@ from taskservice.overview import Overview, read_overview
 logger = logging.getLogger(__name__)
 
 Submit = Callable[[int, int], None]
-# Told, in a create's transaction, that it makes a task (PostgreSQL: a NOTIFY to the replicas).
-Notify = Callable[[Session], None]
+# The count changes' table is vacuumed after this many folds (one a second).
+VACUUM_EVERY = 10
 
 
 def _not_dispatched(rank: int, task_id: int) -> None:
@@ -38,11 +38,9 @@ class TaskService:
         max_queued: int | None = None,
         metrics: Metrics | None = None,
         outbox: Outbox | None = None,
-        notify: Notify | None = None,
     ) -> None:
         self._db = db
         self._submit = submit or _not_dispatched
-        self._notify = notify
         self._max_queued = max_queued
         self._metrics = metrics
         self._outbox = outbox or Outbox(enabled=False)
@@ -125,8 +123,6 @@ class TaskService:
             max_queued=self._max_queued,
         )
         self._outbox.record(session, TaskEvent.CREATED, task)
-        if self._notify is not None:
-            self._notify(session)
         return task
 
     def _dispatch(self, task: TaskRow) -> None:
@@ -199,3 +195,30 @@ class TaskService:
             logger.warning("%d interrupted task(s) queued again", len(interrupted))
         logger.info("%d queued task(s) loaded from the database", len(queued))
         return queued
+
+
+class CountFolder:
+    """A replica's chore on PostgreSQL: fold the appended count changes into the counts.
+
+    Called every second; every VACUUM_EVERY folds it also vacuums the changes'
+    table, whose deleted rows every count reads past until then.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._folds = 0
+
+    def __call__(self) -> None:
+        """Fold once, unless another replica is folding."""
+        try:
+            with self._db.writing() as session:
+                folded = tasks.fold_counts(session)
+        finally:
+            self._db.remove_session()
+        if folded:
+            self._folds += 1
+            if self._folds % VACUUM_EVERY == 0:
+                with self._db.engine.connect() as connection:
+                    tasks.vacuum_count_changes(
+                        connection.execution_options(isolation_level="AUTOCOMMIT")
+                    )

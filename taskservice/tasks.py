@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from taskservice.errors import QueueFull, TaskNotCancellable, TaskNotFound
@@ -67,6 +68,9 @@ _COUNT_BY_STATUS = select(_ALL_COUNTS.c.status, func.sum(_ALL_COUNTS.c.count)).g
 _QUEUED_COUNT = select(func.coalesce(func.sum(_ALL_COUNTS.c.count), 0)).where(
     _ALL_COUNTS.c.status == TaskStatus.IN_QUEUE
 )
+# Not left to autovacuum, which may be off or a minute away: a second's folds
+# leave a second's changes dead, and every count reads past them.
+_VACUUM_CHANGES = text("VACUUM (SKIP_LOCKED) task_count_changes")
 # Within this many of TASKSERVICE_MAX_QUEUED, creates on PostgreSQL count under a
 # lock (see _queue_is_full): more creates than this at the same moment, far more
 # than any deployment's request threads, could pass the bound.
@@ -278,10 +282,20 @@ def requeue_interrupted(session: Session) -> Sequence[TaskRow]:
     return session.execute(_REQUEUE).all()
 
 
-def fold_counts(session: Session) -> None:
-    """Fold the appended count changes into the counts (PostgreSQL), unless another fold runs."""
-    if session.get_bind().dialect.name == "postgresql" and session.execute(_FOLD_TURN).scalar():
-        session.execute(_FOLD)
+def fold_counts(session: Session) -> bool:
+    """Fold the appended count changes into the counts (PostgreSQL); False if another fold runs."""
+    if session.get_bind().dialect.name != "postgresql" or not session.execute(_FOLD_TURN).scalar():
+        return False
+    session.execute(_FOLD)
+    return True
+
+
+def vacuum_count_changes(connection: Connection) -> None:
+    """Reclaim the rows folds deleted, which every count reads past until then (PostgreSQL).
+
+    `connection` must be in autocommit: VACUUM runs in no transaction.
+    """
+    connection.execute(_VACUUM_CHANGES)
 
 
 def queued_tasks(session: Session) -> Sequence[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""LISTEN/NOTIFY on the real PostgreSQL: a committed create wakes the listener; a rollback not."""
+"""LISTEN/NOTIFY on the real PostgreSQL: a replica's notifier wakes every listener of its schema."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from taskservice import tasks
 from taskservice.db import Database
-from taskservice.models import TaskPriority
-from taskservice.pool.notify import Listener, notify_created
+from taskservice.pool.notify import Listener, Notifier, notify_created
 from tests.helpers import wait_for
 
 
@@ -44,32 +42,58 @@ def listener(pg: Database, wakes: Wakes) -> Iterator[Listener]:
     assert listening.stop()
 
 
-def create(db: Database, *, commit: bool) -> None:
+@pytest.fixture
+def notifier(pg: Database) -> Iterator[Notifier]:
+    notifying = Notifier(pg.engine)
+    notifying.start()
+    yield notifying
+    assert notifying.stop()
+
+
+def test_a_poke_wakes_every_listener_of_the_schema(
+    pg: Database, listener: Listener, wakes: Wakes, notifier: Notifier
+):
+    other_wakes = Wakes()
+    other = Listener(pg.url, other_wakes, poll=30.0)
+    other.start()
     try:
-        with db.writing() as session:
-            tasks.create_task(session, name=None, duration=1, priority=TaskPriority.LOW)
-            notify_created(session)
-            if not commit:
-                raise RuntimeError("roll back")
-    except RuntimeError:
-        pass
+        wait_for(lambda: other_wakes.count >= 1)  # it listens
+        before, other_before = wakes.count, other_wakes.count
+
+        notifier.poke()
+
+        wait_for(lambda: wakes.count > before and other_wakes.count > other_before, timeout=10)
     finally:
-        db.remove_session()
+        assert other.stop()
 
 
-def test_a_committed_create_wakes_the_listener(pg: Database, listener: Listener, wakes: Wakes):
+def test_pokes_that_come_together_make_few_notifications(
+    pg: Database, listener: Listener, wakes: Wakes, notifier: Notifier
+):
     before = wakes.count
 
-    create(pg, commit=True)
+    for _ in range(200):  # creates committing faster than one notification is sent
+        notifier.poke()
 
     wait_for(lambda: wakes.count > before, timeout=10)
+    # Each notification takes a round trip; the pokes came in far less: most were merged.
+    assert 1 <= notifier.sent < 100
 
 
-def test_a_create_that_rolls_back_wakes_nobody(pg: Database, listener: Listener, wakes: Wakes):
+def test_a_notification_is_sent_only_when_its_transaction_commits(
+    pg: Database, listener: Listener, wakes: Wakes
+):
     before = wakes.count
-
-    create(pg, commit=False)
-    create(pg, commit=True)  # a marker: its wake-up comes after the first one's would have
+    for commit in (False, True):  # the second is a marker: its wake-up follows the first's
+        try:
+            with pg.writing() as session:
+                notify_created(session)
+                if not commit:
+                    raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        finally:
+            pg.remove_session()
 
     wait_for(lambda: wakes.count > before, timeout=10)
     assert wakes.count == before + 1
@@ -95,9 +119,15 @@ def test_the_listener_comes_back_after_its_session_is_ended(
     wait_for(listener.listening.is_set, timeout=10)
     before = wakes.count
 
-    create(pg, commit=True)
+    notify(pg)
 
     wait_for(lambda: wakes.count > before, timeout=10)
+
+
+def notify(db: Database) -> None:
+    with db.engine.connect() as connection:
+        notify_created(connection)
+        connection.commit()
 
 
 def test_without_notifications_the_listener_still_polls(pg: Database, wakes: Wakes):

@@ -44,7 +44,11 @@ class Held:
 
 
 class LeaseKeeper:
-    """Renews the held slots every `interval` s; calls `on_lost` once a lease may lapse."""
+    """Renews the held slots every `interval` s; calls `on_lost` once a lease may lapse.
+
+    Each renewal also calls `beat` in its transaction (the replica's
+    heartbeat); `chores` run every `interval` s in a thread of their own.
+    """
 
     def __init__(
         self,
@@ -157,20 +161,18 @@ class LeaseKeeper:
             self._lose(f"the lease of slot(s) {lapsing} could not be renewed in time")
 
     def start(self) -> None:
-        """Renew every `interval` s and watch every WATCH_INTERVAL s, each in a daemon thread."""
+        """Renew every `interval` s and watch every WATCH_INTERVAL s, each in a daemon thread.
+
+        The chores, if any, run every `interval` s in a third: a slow one must
+        not hold up a renewal.
+        """
+        loops = [("lease-renewer", self._interval, self.renew)]
+        loops.append(("lease-watch", WATCH_INTERVAL, self.watch))
+        if self._chores is not None:
+            loops.append(("replica-chores", self._interval, self._chores))
         self._threads = [
-            threading.Thread(
-                target=self._every,
-                args=(self._interval, self._renew_and_do_chores),
-                daemon=True,
-                name="lease-renewer",
-            ),
-            threading.Thread(
-                target=self._every,
-                args=(WATCH_INTERVAL, self.watch),
-                daemon=True,
-                name="lease-watch",
-            ),
+            threading.Thread(target=self._every, args=(interval, check), name=name, daemon=True)
+            for name, interval, check in loops
         ]
         for thread in self._threads:
             thread.start()
@@ -181,20 +183,16 @@ class LeaseKeeper:
         for thread in self._threads:
             thread.join(timeout)
 
-    def _renew_and_do_chores(self) -> None:
-        self.renew()
-        if self._chores is not None:
-            try:
-                self._chores()
-            except SQLAlchemyError as error:  # the next round does them
-                logger.warning("replica chores failed: %s", str(error).splitlines()[0])
-
     def _every(self, interval: float, check: Callable[[], None]) -> None:
         while not self.stopping.wait(interval):
             try:
                 check()
+            except SQLAlchemyError as error:  # the next round tries again
+                logger.warning(
+                    "%s: %s", threading.current_thread().name, str(error).splitlines()[0]
+                )
             except Exception:  # never let the keeper die: its leases would lapse
-                logger.exception("lease keeper: unexpected error")
+                logger.exception("%s: unexpected error", threading.current_thread().name)
 
     def _lose(self, reason: str) -> None:
         """Report the first loss: once is enough, the process ends."""

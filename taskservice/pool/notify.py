@@ -1,10 +1,18 @@
 """Waking idle slots on every replica when a task is created: PostgreSQL's LISTEN/NOTIFY.
 
-A create sends `NOTIFY` in its own transaction (`notify_created`), which the
-server delivers only once it commits, to every replica that listens on the
-same schema. A notification sent while a listener's connection was down is
-lost, so the listener also wakes its pool every `poll` seconds: a slot then
-waits at most that long for a task it was not told about.
+Once a create has committed, its replica's `Notifier` sends a `NOTIFY` on a
+channel named after the schema, which reaches every replica that listens on
+it (`Listener`). Not in the create's own transaction: PostgreSQL takes one
+lock for the whole server from a notifying transaction's commit to its end,
+so every create's commit, its WAL flush included, would wait for the one
+before, on every replica. The notifier's own transactions write nothing, so
+they hold that lock for a moment only, and the creates that commit while one
+is sent are told by the next.
+
+A notification can be lost (a replica killed between a commit and its
+notification, a listener whose connection was down): idle workers also look
+on their own every half second (taskservice.pool.shared), and the listener
+wakes its pool every `poll` seconds and after each reconnection.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
@@ -32,9 +41,46 @@ STOP_CHECK = 0.5
 _NOTIFY = text("SELECT pg_notify(:prefix || current_schema(), '')")
 
 
-def notify_created(session: Session) -> None:
+def notify_created(session: Session | Connection) -> None:
     """Tell the listening replicas, once this transaction commits, that a task is queued."""
     session.execute(_NOTIFY, {"prefix": CHANNEL_PREFIX})
+
+
+class Notifier(threading.Thread):
+    """A daemon thread that sends one notification for the creates committed since its last."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(name="task-notifier", daemon=True)
+        self._engine = engine
+        self._poked = threading.Event()
+        self.stopping = threading.Event()
+        self.sent = 0
+
+    def poke(self) -> None:
+        """A task was committed here: tell the replicas soon."""
+        self._poked.set()
+
+    def run(self) -> None:
+        """Notify after each poke (one for all that came meanwhile) until stopped."""
+        while not self.stopping.is_set():
+            if not self._poked.wait(STOP_CHECK):
+                continue
+            self._poked.clear()
+            try:
+                with self._engine.connect() as connection:
+                    notify_created(connection)
+                    connection.commit()
+                self.sent += 1
+            except SQLAlchemyError as error:  # lost: the replicas' polls find the task
+                logger.warning("task notifier: %s", str(error).splitlines()[0])
+                self.stopping.wait(FIRST_RETRY)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop notifying; whether the thread ended within `timeout` s."""
+        self.stopping.set()
+        if self.ident is not None:
+            self.join(timeout)
+        return not self.is_alive()
 
 
 def libpq_url(database_url: str) -> str:

@@ -27,7 +27,7 @@ from taskservice.pool import replicas
 from taskservice.pool.leases import LeaseKeeper
 from taskservice.pool.local import STUCK_AFTER, PoolHealth, Recovery
 from taskservice.pool.lock import PoolLock
-from taskservice.pool.notify import Listener
+from taskservice.pool.notify import Listener, Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class SharedPool:
         self._single_pool_lock = single_pool_lock
         self.runner = runner
         self.keeper = keeper
-        self.listener = Listener(db.url, wake=self.wake, poll=LISTENER_POLL)
+        self.listener = Listener(db.url, wake=self.wake_all, poll=LISTENER_POLL)
+        self.notifier = Notifier(db.engine)
         self.replica_id = replica_id
         self.concurrency = concurrency
         # At most one wake-up per worker waits: more would only make idle claims.
@@ -83,13 +84,19 @@ class SharedPool:
         self._on_lost: Callable[[], None] | None = None
 
     def submit(self, rank: int, task_id: int) -> None:
-        """A task was committed: wake a worker (it claims the best task, maybe another)."""
+        """A task was committed: wake a worker here, and tell the other replicas."""
         self.wake()
+        self.notifier.poke()
 
     def wake(self) -> None:
         """Wake an idle worker, unless enough wake-ups wait already."""
         with contextlib.suppress(queue.Full):
             self._wakeups.put_nowait(None)
+
+    def wake_all(self) -> None:
+        """Wake every idle worker: a notification may stand for many tasks."""
+        for _ in range(self.concurrency):
+            self.wake()
 
     def start(self, recovery: Recovery, stopping: threading.Event) -> bool:
         """Migrate, make the slots, register, and start the keeper, listener and workers."""
@@ -109,6 +116,7 @@ class SharedPool:
         if stopping.is_set():
             return False
         self.keeper.start()
+        self.notifier.start()
         if runs_tasks:
             self.listener.start()
         self._threads = [
@@ -145,6 +153,7 @@ class SharedPool:
             thread.join(timeout)
             ended = ended and not thread.is_alive()
         self.listener.stop()
+        self.notifier.stop()
         if not ended:
             # A task still runs here: its lease is kept until the process exits,
             # then another replica takes its slot over.
