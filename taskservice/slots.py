@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,11 +19,12 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from taskservice.db import Database
+from taskservice.errors import ConfigError
 from taskservice.events import Outbox, TaskEvent
 from taskservice.metrics import Metrics
-from taskservice.pool import claims
+from taskservice.pool import claims, replicas
 from taskservice.pool.claims import Claim, Expired
-from taskservice.pool.leases import LeaseKeeper
+from taskservice.pool.leases import LeaseKeeper, lease_clock
 from taskservice.runner import Body, Outcome, TaskRunner, was_recorded
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class SlotRunner(TaskRunner):
         keeper: LeaseKeeper,
         metrics: Metrics | None = None,
         outbox: Outbox | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = lease_clock,  # the keeper's: a claim's time starts its lease
     ) -> None:
         super().__init__(db, body, metrics=metrics, outbox=outbox, clock=clock)
         self._replica_id = replica_id
@@ -61,19 +61,27 @@ class SlotRunner(TaskRunner):
         self._keeper = keeper
 
     def prepare(self) -> None:
-        """Make the slot rows, and queue again what was left in Run outside any slot."""
+        """Make the slot rows, and queue again what was left in Run outside any slot.
+
+        ConfigError if replicas running now were started with another
+        TASKSERVICE_CONCURRENCY: the limit is theirs until they all stop.
+        """
         with self._db.writing(urgent=True) as session:
-            total = claims.ensure_slots(session, self._slots)
+            current = claims.count_slots(session)
+            if current not in (0, self._slots):
+                # Renewals every fifth of a lease: silent for two leases is gone.
+                live = replicas.count_live(session, within=2 * self._lease)
+                if live:
+                    raise ConfigError(
+                        f"TASKSERVICE_CONCURRENCY is {self._slots}, but the {live} replica(s)"
+                        f" running tasks on this database use {current}: set the same on every"
+                        " replica (to change it, stop them all, then start them with the new"
+                        " value)"
+                    )
+            claims.ensure_slots(session, self._slots)
             unheld = claims.requeue_unheld(session)
             self._outbox.record_many(session, TaskEvent.REQUEUED, unheld)
         self._db.remove_session()
-        if total != self._slots:
-            logger.warning(
-                "the database has %d slots, this replica uses %d: set the same"
-                " TASKSERVICE_CONCURRENCY on every replica",
-                total,
-                self._slots,
-            )
         if unheld:
             logger.warning("%d task(s) left running outside any slot queued again", len(unheld))
 

@@ -260,3 +260,33 @@ def test_the_slot_count_follows_the_setting(pg: Database):
     queue(pg, TaskPriority.HIGH)
 
     assert claim(pg, "b") is None  # the one slot is busy
+
+
+def test_a_slot_beyond_a_lowered_setting_is_taken_over_and_removed(pg: Database):
+    """Replicas ran with three slots; the one holding slot 3 died; they now run with two."""
+    slots(pg, 3)
+    queue(pg, TaskPriority.HIGH, TaskPriority.HIGH, TaskPriority.HIGH)
+    held = [claim(pg, "old") for _ in range(3)]
+    assert [got.slot for got in held if isinstance(got, Claim)] == [1, 2, 3]
+    expire_leases(pg)
+    with pg.writing() as session:
+        assert claims.ensure_slots(session, 2) == 3  # slot 3 still holds its task
+
+    got = [claims_of(pg, "new", slots=2) for _ in range(4)]
+
+    with pg.reading() as session:
+        assert session.execute(text("SELECT slot FROM task_slots ORDER BY slot")).all() == [
+            (1,),
+            (2,),
+        ]
+    assert [type(one).__name__ for one in got].count("Expired") == 1  # slot 3, removed
+    assert sum(isinstance(one, Claim) for one in got) == 2  # the two slots, taken over
+    with pg.reading() as session:  # slot 3's task waits for a slot of the two
+        assert session.execute(text("SELECT status FROM tasks WHERE id = 3")).scalar() == (
+            "In Queue"
+        )
+
+
+def claims_of(db: Database, replica: str, *, slots: int) -> Claim | Expired | None:
+    with db.writing() as session:
+        return claims.claim_next(session, replica_id=replica, lease=LEASE, slots=slots)

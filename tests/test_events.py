@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from taskservice import tasks
+from taskservice.broker.publisher import Publisher
+from taskservice.broker.topology import Topology
 from taskservice.db import Database
 from taskservice.errors import QueueFull, TaskNotCancellable
 from taskservice.events import Outbox, pending_events, remove_events
+from taskservice.metrics import Metrics
 from taskservice.models import TaskPriority, TaskStatus
 from taskservice.runner import TaskRunner
 from taskservice.service import TaskService
@@ -130,3 +135,49 @@ def test_without_a_broker_no_event_is_kept(db: Database):
 
     assert events(db) == []
     assert service.get(task.id).status is TaskStatus.CANCELLED
+
+
+class SlowChannel:
+    """A broker that takes 25 ms to confirm each event (busy, or a quorum queue far away)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def basic_publish(self, _exchange: str, _key: str, _body: bytes, properties: Any) -> None:
+        time.sleep(0.025)  # the broker's confirm, not a wait of the test's
+        self.sent.append(properties.message_id)
+
+
+@pytest.mark.postgresql
+def test_a_slow_broker_still_drains_the_outbox_within_the_idle_timeout(postgres_url: str):
+    """A round publishes for at most a second, then deletes what was confirmed, and commits:
+    the sessions end a transaction idle for longer than the lease (2 s here)."""
+    db = Database(postgres_url, idle_in_transaction=2.0)
+    try:
+        db.upgrade_schema()
+        outbox = Outbox(enabled=True)
+        service = TaskService(db, outbox=outbox)
+        for _ in range(100):  # 2.5 s of confirms in all
+            service.create(name=None, duration=1, priority=TaskPriority.LOW)
+        publisher = Publisher(
+            url="amqp://127.0.0.1:1/",  # never connected: the test drives one round at a time
+            topology=Topology("unused"),
+            db=db,
+            outbox=outbox,
+            metrics=Metrics(),
+            ready=threading.Event(),
+            stopping=threading.Event(),
+        )
+        channel = SlowChannel()
+
+        for _ in range(4):
+            try:
+                publisher._publish_batch(channel)
+            finally:
+                db.remove_session()
+
+        assert len(channel.sent) == len(set(channel.sent)) == 100  # each once: none sent again
+        with db.reading() as session:
+            assert pending_events(session, 10) == []
+    finally:
+        db.dispose()

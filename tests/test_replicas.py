@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from app import create_app
+from taskservice.errors import ConfigError
 from taskservice.extension import EXTENSION_KEY
 from tests.amqp import BrokerClient
 from tests.conftest import Gate
@@ -402,3 +403,24 @@ def consumed(app: Flask) -> int:
     line = 'taskservice_amqp_messages_total{outcome="created"} '
     found = [row for row in metrics.splitlines() if row.startswith(line)]
     return int(float(found[0].removeprefix(line))) if found else 0
+
+
+def test_a_replica_with_another_concurrency_is_refused_while_others_run(
+    postgres_url: str, admin: Engine
+):
+    settings = {"TESTING": True, "DATABASE_URL": postgres_url, "TASKSERVICE_TIME_SCALE": 0.001}
+    first = create_app(settings)
+    try:
+        with pytest.raises(ConfigError, match="TASKSERVICE_CONCURRENCY is 3, but the 1 replica"):
+            create_app({**settings, "TASKSERVICE_CONCURRENCY": 3})
+    finally:
+        first.extensions[EXTENSION_KEY].close()
+    # All stopped (a clean stop removes its replica's row): the new value holds.
+    with admin.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM replicas")).scalar() == 0
+    second = create_app({**settings, "TASKSERVICE_CONCURRENCY": 3})
+    try:
+        with admin.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM task_slots")).scalar() == 3
+    finally:
+        second.extensions[EXTENSION_KEY].close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,10 @@ POLL_SECONDS = 1.0
 # transaction. Deleting each commit's event on its own cost POST /tasks half
 # its rate (a second write transaction, with its fsync, per create).
 LINGER_SECONDS = 0.05
+# The longest a round in its transaction publishes before it deletes what it
+# sent: the replicas' sessions end a transaction idle for longer than a lease
+# (2 s at least), and a slow broker must not make every round end so.
+ROUND_SECONDS = 1.0
 FIRST_RETRY = 0.1
 LAST_RETRY = 5.0
 
@@ -111,12 +116,16 @@ class Publisher(Link):
             if not take_publisher_turn(session):
                 return None
             events = pending_events(session, BATCH)
-            self._send(channel, events)
-            remove_events(session, [event.id for event in events])
-        return len(events)
+            sent = self._send(channel, events, until=time.monotonic() + ROUND_SECONDS)
+            remove_events(session, [event.id for event in events[:sent]])
+        # A round cut short by its time leaves events behind: the next one comes at once.
+        return sent if sent == len(events) else BATCH
 
-    def _send(self, channel: Any, events: Sequence[Any]) -> None:
-        for event in events:
+    def _send(self, channel: Any, events: Sequence[Any], until: float | None = None) -> int:
+        """Publish `events` in order, each confirmed, until the monotonic time `until`; how many."""
+        for sent, event in enumerate(events):
+            if until is not None and time.monotonic() >= until:
+                return sent
             properties = pika.BasicProperties(
                 content_type="application/json",
                 delivery_mode=pika.DeliveryMode.Persistent,
@@ -129,6 +138,7 @@ class Publisher(Link):
                 self._topology.events_exchange, event.routing_key, event.body.encode(), properties
             )
             self._metrics.event_published()
+        return len(events)
 
     def _db_failed(self, error: SQLAlchemyError, delay: float) -> None:
         first = self.database_error is None

@@ -58,11 +58,15 @@ _BY_RANK = sorted(TaskPriority, key=lambda priority: priority.rank)
 # Every slot up to the configured count; more rows are left over from a larger one.
 ALL_SLOTS = 2**31 - 1
 
+_EXPIRED = SLOTS.c.lease_until < NOW
 _FREE_SLOT = (
     select(SLOTS.c.slot, SLOTS.c.task_id, SLOTS.c.attempt)
     .where(
-        SLOTS.c.slot <= bindparam("slots"),
-        or_(SLOTS.c.task_id.is_(None), SLOTS.c.lease_until < NOW),
+        or_(
+            (SLOTS.c.slot <= bindparam("slots")) & (SLOTS.c.task_id.is_(None) | _EXPIRED),
+            # Left from a larger setting: taken over once expired, then removed.
+            (SLOTS.c.slot > bindparam("slots")) & _EXPIRED,
+        )
     )
     # An expired slot before a free one: its task would otherwise wait for
     # every free slot to fill before it ran again.
@@ -116,6 +120,7 @@ _REQUEUE_EXPIRED = (
     .returning(*TASKS.c)
 )
 _SLOT_COUNT = select(func.count()).select_from(SLOTS)
+_REMOVE_SLOT = sql_delete(SLOTS).where(SLOTS.c.slot == bindparam("in_slot"))
 _REMOVE_FREE_BEYOND = sql_delete(SLOTS).where(
     SLOTS.c.slot > bindparam("count"), SLOTS.c.task_id.is_(None)
 )
@@ -152,12 +157,18 @@ class Expired:
 def ensure_slots(session: Session, count: int) -> int:
     """Make the slot rows 1 to `count`, drop free ones beyond it; how many slot rows there are.
 
-    A slot beyond `count` that still holds a task is left to end; claims that
-    name `count` never take it again.
+    A slot beyond `count` that still holds a task keeps it until its lease
+    expires; a claim then takes it over and removes it (see claim_next).
     """
     rows = [{"slot": slot} for slot in range(1, count + 1)]
     session.execute(pg_insert(SLOTS).on_conflict_do_nothing(index_elements=["slot"]), rows)
     session.execute(_REMOVE_FREE_BEYOND, {"count": count})
+    total: int = session.execute(_SLOT_COUNT).scalar_one()
+    return total
+
+
+def count_slots(session: Session) -> int:
+    """How many slot rows there are: the limit the replicas running now were started with."""
     total: int = session.execute(_SLOT_COUNT).scalar_one()
     return total
 
@@ -184,6 +195,9 @@ def claim_next(
         taken_over = session.execute(
             _REQUEUE_EXPIRED, {"task_id": slot.task_id, "attempt": slot.attempt}
         ).one_or_none()
+    if slot.slot > slots:  # beyond the setting: nothing runs in it again
+        session.execute(_REMOVE_SLOT, {"in_slot": slot.slot})
+        return Expired(taken_over)
     task = _claim_queued(session, slot.slot)
     if task is None:
         if slot.task_id is None:

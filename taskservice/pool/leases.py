@@ -3,7 +3,7 @@
 A slot's lease is set by the database's clock: `lease_until` = the server's
 time when the claim or renewal ran, plus the lease. That time is no earlier
 than the moment this replica began the transaction, so the lease holds at
-least until then plus the lease, by this replica's own monotonic clock. The
+least until then plus the lease, by this replica's own clock (`lease_clock`). The
 keeper renews every held slot often; if it cannot (the database is down, this
 process was paused) and a slot's lease could lapse within `margin`, it calls
 `on_lost`, which ends the process: a sleeping task cannot be interrupted, and
@@ -34,6 +34,16 @@ logger = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.1
 
 
+# Linux's monotonic clock stops while the machine is suspended, but a lease runs
+# out all the same: the boot-time clock counts that time too (elsewhere, monotonic).
+BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def lease_clock() -> float:
+    """Seconds by a clock that never goes back and counts a suspended machine's sleep."""
+    return time.clock_gettime(BOOTTIME)
+
+
 @dataclass(frozen=True)
 class Held:
     """An attempt this replica runs in a slot, and until when its lease surely holds."""
@@ -61,7 +71,7 @@ class LeaseKeeper:
         beat: Callable[[Session], None] | None = None,
         chores: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = lease_clock,
     ) -> None:
         if not 0 < interval < lease.total_seconds() - margin:
             raise ValueError("renew more often than the lease, less its margin, lasts")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Interval, Row, Table, bindparam, delete, select
+from sqlalchemy import Interval, Row, Table, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,14 @@ _FORGET = delete(REPLICAS).where(
     REPLICAS.c.heartbeat_at < NOW - bindparam("older_than", type_=Interval())
 )
 _LIST = select(*REPLICAS.c).order_by(REPLICAS.c.started_at, REPLICAS.c.id)
+_RUNNING_TASKS_SINCE = (
+    select(func.count())
+    .select_from(REPLICAS)
+    .where(
+        REPLICAS.c.runs_tasks,
+        REPLICAS.c.heartbeat_at >= NOW - bindparam("within", type_=Interval()),
+    )
+)
 
 
 def register(session: Session, replica_id: str, *, runs_tasks: bool) -> None:
@@ -58,6 +66,12 @@ def beat(session: Session, replica_id: str, *, runs_tasks: bool) -> None:
 def leave(session: Session, replica_id: str) -> None:
     """Remove this replica's row: it stops."""
     session.execute(_LEAVE, {"replica_id": replica_id})
+
+
+def count_live(session: Session, *, within: timedelta) -> int:
+    """How many replicas that run tasks have beaten within `within`."""
+    count: int = session.execute(_RUNNING_TASKS_SINCE, {"within": within}).scalar_one()
+    return count
 
 
 def list_replicas(session: Session) -> Sequence[Row[Any]]:
