@@ -142,3 +142,42 @@ def test_a_page_of_a_guarded_service_asks_for_the_token(browser: Browser, tmp_pa
             expect(page.locator("#create-result")).to_have_text("Task #1 created.", timeout=WAIT_MS)
     finally:
         server.kill(signal.SIGTERM)
+
+
+@pytest.mark.postgresql
+def test_the_replicas_panel_shows_each_replica_and_its_slots(
+    browser: Browser, postgres_url: str, tmp_path: Path
+):
+    """On PostgreSQL: a replica that runs tasks and an API-only one, seen from the API-only one."""
+    worker = Server(postgres_url, tmp_path / "worker.log", TASKSERVICE_TIME_SCALE="1")
+    api = Server(postgres_url, tmp_path / "api.log", TASKSERVICE_RUN_TASKS="false")
+    started: list[Server] = []
+    try:
+        for server in (worker, api):
+            started.append(server.start())
+            server.wait_healthy()
+        running = create(api, name="held", duration=BLOCKER_SECONDS)
+        worker_id = worker.request("GET", "/health")[1]["replica"]["id"]
+        api_id = api.request("GET", "/health")[1]["replica"]["id"]
+        with open_page(browser, viewport={"width": 1280, "height": 900}) as page:
+            page.goto(api.base + "/")
+            panel = page.locator("#replicas-panel")
+            expect(panel).to_be_visible(timeout=WAIT_MS)
+            expect(panel.locator(f"tr[data-replica-id='{worker_id}']")).to_contain_text(
+                f"(#{running})", timeout=WAIT_MS
+            )
+            expect(panel.locator(f"tr[data-replica-id='{worker_id}']")).to_contain_text(
+                "runs tasks"
+            )
+            api_row = panel.locator(f"tr[data-replica-id='{api_id}']")
+            expect(api_row).to_contain_text("API only")
+            expect(api_row).to_contain_text("none")
+    finally:
+        for server in reversed(started):
+            server.kill(signal.SIGTERM)
+
+
+def test_the_replicas_panel_stays_hidden_on_sqlite(server: Server, page: Page):
+    page.goto(server.base + "/")
+    expect(page.locator("#connection")).to_have_class("connection live", timeout=WAIT_MS)
+    expect(page.locator("#replicas-panel")).to_be_hidden()
