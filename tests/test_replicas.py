@@ -8,6 +8,7 @@ intervals are checked afterwards too.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -41,7 +42,9 @@ pytestmark = pytest.mark.postgresql
 # The shortest lease allowed, so that failovers come quickly.
 LEASE = 2.0
 PRIORITIES = ("high", "medium", "low")
-GONE = (OSError, ConnectionError)
+# What a request to a replica being killed or replaced can meet: refused or reset
+# connections, and an answer cut short (IncompleteRead, or JSON cut off).
+GONE = (OSError, http.client.HTTPException, ValueError)
 
 StartReplica = Callable[..., Server]
 
