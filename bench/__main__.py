@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,9 +17,13 @@ from bench.broker_scenarios import (
     measure_intake,
     measure_outbox_cost,
 )
+from bench.failover import measure_failover
 from bench.load import LoadError, machine_busy_seconds, own_cpu_seconds, wrk_path
 from bench.machine import REPORT_FILE, describe
 from bench.pool_scenarios import SLOTS, measure_pool
+from bench.postgres import POSTGRES_URL, PostgresCheck, check_postgres
+from bench.postgres import address as postgres_address
+from bench.replica_scenarios import REPLICA_COUNTS, ReplicaResult, measure_creation
 from bench.report import render, write_report
 from bench.results import Results, write_json
 from bench.scale_scenarios import measure_scale
@@ -36,11 +41,30 @@ FULL = Settings(
     queued=100_000,
     starts=3,
     messages=3_000,
+    failovers=3,
 )
 QUICK = Settings(
-    seconds=1, rows=2_000, backlog=200, dispatch_tasks=40, queued=1_000, starts=1, messages=100
+    seconds=1,
+    rows=2_000,
+    backlog=200,
+    dispatch_tasks=40,
+    queued=1_000,
+    starts=1,
+    messages=100,
+    failovers=1,
+    # The shortest lease only: the default's trials follow the same path, 3 s slower each.
+    leases=(2.0,),
 )
-SIZES = ("seconds", "rows", "backlog", "dispatch_tasks", "queued", "starts", "messages")
+SIZES = (
+    "seconds",
+    "rows",
+    "backlog",
+    "dispatch_tasks",
+    "queued",
+    "starts",
+    "messages",
+    "failovers",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,9 +83,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--messages", type=int, help=f"RabbitMQ messages, and tasks of events ({FULL.messages:,})"
     )
     parser.add_argument(
+        "--failovers", type=int, help=f"kills and pauses of a replica per lease ({FULL.failovers})"
+    )
+    parser.add_argument(
         "--amqp-url",
         default=AMQP_URL,
         help=f"the RabbitMQ broker; its section is left out if none answers ({address(AMQP_URL)})",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=POSTGRES_URL,
+        help="the PostgreSQL server of the replicas; their section is left out if none answers "
+        f"({postgres_address(POSTGRES_URL)})",
     )
     parser.add_argument("--report", type=Path, default=ROOT / REPORT_FILE, help="report to write")
     parser.add_argument("--json", type=Path, help="also write every raw figure here")
@@ -76,13 +109,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         name: getattr(args, name) if getattr(args, name) is not None else getattr(preset, name)
         for name in SIZES
     }
-    settings = Settings(**chosen)
+    settings = Settings(**chosen, leases=preset.leases)
     if settings.rows <= settings.small_rows:
         raise BenchError(
             f"--rows must be more than the {settings.small_rows:,} rows it is compared to"
         )
-    if min(settings.seconds, settings.backlog, settings.dispatch_tasks, settings.starts) < 1:
-        raise BenchError("--seconds, --backlog, --dispatch-tasks and --starts must be at least 1")
+    smallest = (settings.seconds, settings.backlog, settings.dispatch_tasks, settings.starts)
+    if min(*smallest, settings.failovers) < 1:
+        raise BenchError(
+            "--seconds, --backlog, --dispatch-tasks, --starts and --failovers must be at least 1"
+        )
     if min(settings.queued, settings.messages) < 10:
         raise BenchError("--queued and --messages must be at least 10")
     return settings
@@ -93,17 +129,19 @@ def step(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def measure(work: Workspace, broker: BrokerCheck, amqp_url: str) -> Results:
+def measure(
+    work: Workspace, args: argparse.Namespace, broker: BrokerCheck, postgres: PostgresCheck
+) -> Results:
     """Every measurement, one after the other, each on its own server."""
     settings = work.settings
     fsync_seconds = min(FSYNC_PROBE_SECONDS, settings.seconds / 2)
-    machine = describe(work.root, fsync_seconds, broker.describe())
+    machine = describe(work.root, fsync_seconds, broker.describe(), postgres.describe())
     step("the ceiling (bench.ceiling:app)")
     ceiling = http.measure_ceiling(work)
     step("POST /tasks")
     creation = http.with_ceiling(http.measure_creation(work), ceiling)
     # Next to POST /tasks without a broker, so that both meet the same machine.
-    rabbitmq = None if broker.problem else measure_rabbitmq(work, broker, amqp_url)
+    rabbitmq = None if broker.problem else measure_rabbitmq(work, broker, args.amqp_url)
     step(f"GET /tasks/{{id}} with {settings.backlog:,} queued")
     reads, loaded = http.measure_reads(work)
     listings = []
@@ -117,6 +155,7 @@ def measure(work: Workspace, broker: BrokerCheck, amqp_url: str) -> Results:
     dispatch, limit = measure_pool(work)
     step(f"memory and start-up with up to {settings.queued:,} queued")
     scale = measure_scale(work)
+    replicas = None if postgres.problem else measure_postgres(work, postgres, args.postgres_url)
     return Results(
         settings=settings,
         machine=machine,
@@ -130,6 +169,8 @@ def measure(work: Workspace, broker: BrokerCheck, amqp_url: str) -> Results:
         scale=scale,
         broker=rabbitmq,
         broker_skipped=broker.problem,
+        replicas=replicas,
+        replicas_skipped=postgres.problem,
     )
 
 
@@ -144,6 +185,20 @@ def measure_rabbitmq(work: Workspace, broker: BrokerCheck, url: str) -> BrokerRe
     return BrokerResult(broker.describe(), creation, intake, drain)
 
 
+def measure_postgres(work: Workspace, postgres: PostgresCheck, url: str) -> ReplicaResult:
+    """POST /tasks on one replica and on two, then failovers at each lease."""
+    creation = {}
+    for count in REPLICA_COUNTS:
+        step(f"POST /tasks on PostgreSQL, {count} replica(s)")
+        creation[count] = measure_creation(work, url, count)
+    failovers = []
+    for lease in work.settings.leases:
+        times = work.settings.failovers
+        step(f"{times} kill(s) and {times} pause(s) of a replica, lease {lease:g} s")
+        failovers.append(measure_failover(work, url, lease))
+    return ReplicaResult(postgres.describe(), os.cpu_count() or 0, creation, failovers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 1 if the limit of two was broken, 2 if it could not run."""
     args = parse_args(argv)
@@ -153,9 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker = check_broker(args.amqp_url)  # and the one server that is not ours
         if broker.problem:
             step(f"{broker.problem}: the RabbitMQ section is left out")
+        postgres = check_postgres(args.postgres_url)  # the replicas' server, not ours either
+        if postgres.problem:
+            step(f"{postgres.problem}: the replicas' section is left out")
         began, own, machine = time.monotonic(), own_cpu_seconds(), machine_busy_seconds()
         with workspace(settings, args.tmpdir) as work:
-            results = measure(work, broker, args.amqp_url)
+            results = measure(work, args, broker, postgres)
         # Every server has been stopped and waited for: its CPU time is in our children's.
         others = (machine_busy_seconds() - machine) - (own_cpu_seconds() - own)
         results.other_cpu_share = others / (time.monotonic() - began)
@@ -171,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if results.limit_exceeded():
         print(
             f"bench: FAILED: more than {SLOTS} tasks ran at once (sampled "
-            f"{results.limit.most_running_sampled}, intervals {results.limit.max_overlap})",
+            f"{results.limit.most_running_sampled}, intervals {results.limit.max_overlap}, "
+            f"across replicas {results.replicas_most_running()})",
             file=sys.stderr,
         )
         return 1

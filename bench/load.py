@@ -117,6 +117,22 @@ def own_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def wrk_command(
+    server: Server,
+    script: str,
+    *,
+    clients: int,
+    seconds: float,
+    path: str = "/",
+    args: tuple[str, ...] = (),
+) -> list[str]:
+    """The wrk command line that loads `server` with bench/lua/`script` (run in LUA_DIR)."""
+    # One wrk thread: on a 2-core machine a second would take CPU from the server.
+    command = [wrk_path(), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s"]
+    command += [f"--timeout={REQUEST_TIMEOUT}", f"--script={script}", server.base + path]
+    return [*command, "--", *args]
+
+
 def run_wrk(
     server: Server,
     script: str,
@@ -127,10 +143,7 @@ def run_wrk(
     args: tuple[str, ...] = (),
 ) -> Load:
     """Load `server` with bench/lua/`script` from `clients` keep-alive connections."""
-    # One wrk thread: on a 2-core machine a second would take CPU from the server.
-    command = [wrk_path(), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s"]
-    command += [f"--timeout={REQUEST_TIMEOUT}", f"--script={script}", server.base + path]
-    command += ["--", *args]
+    command = wrk_command(server, script, clients=clients, seconds=seconds, path=path, args=args)
     before = CpuTimes.now(server)
     try:
         # cwd: the scripts `require "common"` from their own directory.
@@ -140,7 +153,7 @@ def run_wrk(
     except subprocess.TimeoutExpired:
         raise LoadError(f"wrk did not end within {seconds + 60:g} s: {' '.join(command)}") from None
     after = CpuTimes.now(server)
-    load = _parse(done, clients)
+    load = parse_wrk(done, clients)
     load.wrk_cpu_seconds = after.wrk - before.wrk
     load.server_cpu_seconds = after.server - before.server
     load.other_cpu_seconds = (after.machine - before.machine) - sum(
@@ -149,7 +162,7 @@ def run_wrk(
     return load
 
 
-def _parse(done: subprocess.CompletedProcess[str], clients: int) -> Load:
+def parse_wrk(done: subprocess.CompletedProcess[str], clients: int) -> Load:
     """The Load in the JSON line that bench/lua/common.lua prints."""
     lines = [line for line in done.stdout.splitlines() if line.startswith(JSON_PREFIX)]
     if done.returncode != 0 or not lines:

@@ -92,7 +92,7 @@ def fsync_latency(directory: Path, seconds: float) -> str:
     )
 
 
-def describe(temp_dir: Path, fsync_seconds: float, broker: str) -> dict[str, str]:
+def describe(temp_dir: Path, fsync_seconds: float, broker: str, postgres: str) -> dict[str, str]:
     """The machine and software the run measures, as label: value."""
     return {
         "CPU": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -104,6 +104,7 @@ def describe(temp_dir: Path, fsync_seconds: float, broker: str) -> dict[str, str
         "load generator": f"{wrk_version()}, 1 thread",
         "environment": environment(),
         "database": f"SQLite file in a temporary directory on {filesystem_type(temp_dir)}",
+        "PostgreSQL (replicas)": postgres,
         "broker": broker,
         "disk": fsync_latency(temp_dir, fsync_seconds),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

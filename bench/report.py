@@ -9,6 +9,7 @@ from bench.broker_report import broker_section
 from bench.load import Load
 from bench.markdown import clients, ms, percent, table
 from bench.pool_scenarios import SLOTS
+from bench.replica_report import replica_section
 from bench.results import Results
 from bench.targets import Check, all_checks
 
@@ -299,7 +300,9 @@ def machine_section(results: Results) -> str:
             "settings",
             f"{settings.seconds:g} s per measurement, {settings.rows:,} rows, backlog "
             f"{settings.backlog:,}, {settings.dispatch_tasks:,} dispatch tasks, queues up to "
-            f"{settings.queued:,}, {settings.messages:,} RabbitMQ messages",
+            f"{settings.queued:,}, {settings.messages:,} RabbitMQ messages, "
+            f"{settings.failovers} kill(s) and pause(s) of a replica at each lease of "
+            f"{' and '.join(f'{lease:g} s' for lease in settings.leases)}",
         ]
     )
     return "\n\n".join(["### Machine", table(("", ""), rows, numbers=False)])
@@ -317,6 +320,7 @@ def render(results: Results) -> str:
         dispatch_section(results),
         limit_section(results),
         scale_section(results),
+        replica_section(results),
     ]
     return "\n\n".join(sections)
 

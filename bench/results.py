@@ -13,6 +13,7 @@ from bench.broker_scenarios import BrokerResult
 from bench.http_scenarios import Listing
 from bench.load import Load
 from bench.pool_scenarios import SLOTS, DispatchResult, LimitResult
+from bench.replica_scenarios import ReplicaResult
 from bench.scale_scenarios import ScalePoint
 from bench.workspace import Settings
 
@@ -36,6 +37,9 @@ class Results:
     # The RabbitMQ figures, or why there are none (no broker answered).
     broker: BrokerResult | None = None
     broker_skipped: str | None = None
+    # The PostgreSQL replicas' figures, or why there are none (no server answered).
+    replicas: ReplicaResult | None = None
+    replicas_skipped: str | None = None
 
     @property
     def small(self) -> Listing:
@@ -47,9 +51,18 @@ class Results:
         """The listing on the large database."""
         return max(self.listings, key=lambda listing: listing.rows)
 
+    def replicas_most_running(self) -> int:
+        """The most tasks in Run, or slots held, seen at once across replicas (0: not measured)."""
+        if self.replicas is None:
+            return 0
+        return max(
+            (max(run.most_running, run.most_held) for run in self.replicas.failovers), default=0
+        )
+
     def limit_exceeded(self) -> bool:
-        """Whether more than two tasks were ever seen running at once."""
-        return max(self.limit.most_running_sampled, self.limit.max_overlap) > SLOTS
+        """Whether more than two tasks were ever seen running at once, on SQLite or PostgreSQL."""
+        sqlite = max(self.limit.most_running_sampled, self.limit.max_overlap)
+        return max(sqlite, self.replicas_most_running()) > SLOTS
 
 
 def _plain(value: Any) -> Any:

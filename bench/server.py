@@ -86,6 +86,10 @@ class Server:
 
     def start(self, health_path: str = "/health") -> Server:
         """Spawn gunicorn and wait until `health_path` answers 200."""
+        return self.spawn().wait_started(health_path)
+
+    def spawn(self) -> Server:
+        """Start gunicorn without waiting for it: several servers may then boot together."""
         with self.log_path.open("ab") as log:
             self.spawned_at = time.monotonic()
             self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
@@ -97,6 +101,10 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        return self
+
+    def wait_started(self, health_path: str = "/health") -> Server:
+        """Wait until `health_path` of the spawned server answers 200."""
         wait_until(lambda: self._answers(health_path), START_TIMEOUT, f"{self.app} start")
         self.startup_seconds = time.monotonic() - self.spawned_at
         return self
@@ -139,9 +147,11 @@ class Server:
         """The server's URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 10.0
+    ) -> tuple[int, Any]:
         """One HTTP request on a fresh connection; the status and the decoded JSON."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             headers = {} if body is None else {"Content-Type": "application/json"}
             payload = None if body is None else json.dumps(body)

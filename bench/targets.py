@@ -138,6 +138,45 @@ def scale_checks(results: Results) -> list[Check]:
     ]
 
 
+def replica_checks(results: Results) -> list[Check]:
+    """On PostgreSQL: every create answered 201, failovers within their bound, one limit."""
+    replicas = results.replicas
+    if replicas is None:
+        return []
+    others = sum(creation.unexpected for creation in replicas.creation.values())
+    checks = [
+        Check(
+            "POST /tasks on PostgreSQL replicas: answers other than 201",
+            "0",
+            f"{others:,}",
+            others == 0,
+        )
+    ]
+    for run in replicas.failovers:
+        lease = f"lease {run.lease_seconds:g} s"
+        for how, trials in (("SIGKILL", run.kills), ("SIGSTOP", run.pauses)):
+            slowest = max(trial.seconds for trial in trials)
+            checks.append(
+                _at_most(
+                    f"task of a replica stopped by {how} taken over, {lease}: slowest",
+                    slowest,
+                    run.bound_seconds,
+                    " s",
+                    digits=2,
+                )
+            )
+    most = results.replicas_most_running()
+    checks.append(
+        Check(
+            "most tasks running or slots held at once across replicas (sampled)",
+            f"≤ {SLOTS}",
+            str(most),
+            most <= SLOTS,
+        )
+    )
+    return checks
+
+
 def all_checks(results: Results) -> list[Check]:
     """Every target, in the order of the report."""
     return [
@@ -146,4 +185,5 @@ def all_checks(results: Results) -> list[Check]:
         *listing_checks(results),
         *pool_checks(results),
         *scale_checks(results),
+        *replica_checks(results),
     ]

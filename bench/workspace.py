@@ -31,7 +31,10 @@ class Settings:
     queued: int
     starts: int
     messages: int
+    failovers: int
     small_rows: int = 1_000
+    # Failover is measured at the service's default lease and at the shortest it allows (s).
+    leases: tuple[float, ...] = (5.0, 2.0)
 
 
 @dataclass

@@ -20,6 +20,9 @@ from bench.amqp import REQUIRE_AMQP, check_broker
 from bench.analysis import all_busy_share, dispatch, max_overlap, percentile
 from bench.broker_report import broker_section
 from bench.database import Run
+from bench.postgres import POSTGRES_URL, REQUIRE_POSTGRES, admin_engine, check_postgres
+from bench.replica_report import replica_section
+from bench.replica_scenarios import split
 from bench.report import BEGIN, END, write_report
 from bench.server import free_port
 from bench.workspace import BenchError
@@ -38,6 +41,7 @@ SECTIONS = (
     "Limit under load",
     "Memory and start-up",
     "RabbitMQ",
+    "Replicas on PostgreSQL",
 )
 BROKER_ROWS = (
     "messages of the create queue made tasks",
@@ -164,6 +168,50 @@ def test_the_report_says_why_the_broker_section_is_left_out():
     )
 
 
+def test_a_postgres_server_that_does_not_answer_is_a_reason_to_leave_its_section_out(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.delenv(REQUIRE_POSTGRES, raising=False)
+
+    found = check_postgres(f"postgresql://someone:secret@127.0.0.1:{free_port()}/test")
+
+    assert found.version is None
+    assert found.problem is not None
+    assert found.problem.startswith(f"no PostgreSQL connection to {found.address} (")
+    assert "secret" not in found.problem
+    assert found.describe() == f"none answered at {found.address}"
+
+
+def test_a_required_postgres_server_that_does_not_answer_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv(REQUIRE_POSTGRES, "1")
+
+    with pytest.raises(BenchError, match=f"{REQUIRE_POSTGRES}=1 requires one"):
+        check_postgres(f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+
+
+def test_the_report_says_why_the_replicas_section_is_left_out():
+    results = SimpleNamespace(replicas=None, replicas_skipped="no PostgreSQL connection (why)")
+
+    section = replica_section(results)  # type: ignore[arg-type]
+
+    assert section == (
+        "### Replicas on PostgreSQL\n\nNot measured: no PostgreSQL connection (why). Start a "
+        "server, or pass `--postgres-url`, and run again; with `TASKSERVICE_REQUIRE_POSTGRES=1` "
+        "the run fails instead."
+    )
+
+
+@pytest.mark.parametrize(
+    ("clients", "parts", "shares"), [(8, 1, [8]), (8, 2, [4, 4]), (8, 3, [3, 3, 2])]
+)
+def test_the_clients_are_split_evenly_over_the_replicas(
+    clients: int, parts: int, shares: list[int]
+):
+    assert split(clients, parts) == shares
+
+
 def sections(report: str) -> dict[str, str]:
     """The generated sections of the report, by title."""
     generated = report.split(BEGIN, 1)[1].split(END, 1)[0]
@@ -172,7 +220,7 @@ def sections(report: str) -> dict[str, str]:
 
 
 @pytest.mark.bench
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_quick_benchmark_run(tmp_path: Path):
     if shutil.which("wrk") is None:
         reason = "wrk is not installed (apt-get install wrk)"
@@ -188,7 +236,7 @@ def test_quick_benchmark_run(tmp_path: Path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=270,
         check=False,
     )
 
@@ -215,6 +263,7 @@ def test_quick_benchmark_run(tmp_path: Path):
     assert 1 <= limit["max_overlap"] <= 2
     assert len(results["dispatch"]["gaps_ms"]) == results["dispatch"]["tasks"] - 2
     check_broker_figures(found["RabbitMQ"], results)
+    check_replica_figures(found["Replicas on PostgreSQL"], results)
 
 
 def check_broker_figures(section: str, results: dict[str, Any]) -> None:
@@ -268,3 +317,54 @@ def exists(connection: Any, name: str, *, queue: bool) -> bool:
         raise
     channel.close()
     return True
+
+
+REPLICA_ROWS = (
+    "1 replica",
+    "2 replicas: replica 1",
+    "2 replicas: replica 2",
+    "2 replicas together",
+    "SIGKILL",
+    "SIGSTOP",
+)
+
+
+def check_replica_figures(section: str, results: dict[str, Any]) -> None:
+    """The replicas' figures where PostgreSQL answers; else the line that says why not."""
+    if check_postgres(POSTGRES_URL).problem is not None:
+        assert section.strip().startswith("Not measured: no PostgreSQL connection to ")
+        assert results["replicas"] is None
+        return
+    for row in REPLICA_ROWS:
+        assert re.search(rf"^\| {re.escape(row)} \| \d", section, re.MULTILINE), row
+    replicas = results["replicas"]
+    for count, creation in replicas["creation"].items():
+        assert len(creation["loads"]) == creation["replicas"] == int(count)
+        for load in creation["loads"]:
+            assert set(load["statuses"]) == {"201"}
+            assert load["statuses"]["201"] == load["requests"] > 0
+            assert sum(load["socket_errors"].values()) == 0
+    (run,) = replicas["failovers"]  # --quick: one lease, one trial of each
+    assert run["lease_seconds"] == 2
+    for trial in [*run["kills"], *run["pauses"]]:
+        assert 0 < trial["seconds"] < run["lease_seconds"] + 10
+    assert run["pauses"][0]["exit_seconds"] is not None
+    assert run["samples"] > 0
+    assert 1 <= run["most_running"] <= 2
+    assert 1 <= run["most_held"] <= 2
+    schemas = [creation["schema"] for creation in replicas["creation"].values()]
+    assert left_on_postgres([*schemas, run["schema"]]) == []
+
+
+def left_on_postgres(schemas: list[str]) -> list[str]:
+    """Which of a run's schemas still exist on the server."""
+    engine = admin_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%(names)s)",
+                {"names": schemas},
+            )
+            return sorted(row[0] for row in rows)
+    finally:
+        engine.dispose()
