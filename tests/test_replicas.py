@@ -427,3 +427,48 @@ def test_a_replica_with_another_concurrency_is_refused_while_others_run(
             assert connection.execute(text("SELECT count(*) FROM task_slots")).scalar() == 3
     finally:
         second.extensions[EXTENSION_KEY].close()
+
+
+def test_the_metrics_count_renewals_failovers_and_fenced_writes(postgres_url: str, gate: Gate):
+    settings = {
+        "TESTING": True,
+        "DATABASE_URL": postgres_url,
+        "TASKSERVICE_TIME_SCALE": 0.001,
+        "TASKSERVICE_CONCURRENCY": 1,  # one slot: a takes it, b can only take it over
+        "TASKSERVICE_LEASE_SECONDS": 2,
+    }
+    apps: list[Flask] = []
+    try:
+        apps = [create_app(settings)]
+        a = apps[0].extensions[EXTENSION_KEY]
+        task_id = apps[0].test_client().post("/tasks", json={"duration": 1}).json["id"]
+        gate.wait_for_entries(1)
+        wait_for(lambda: metric(apps[0], "taskservice_lease_renewals_total") >= 1, timeout=10)
+        apps.append(create_app(settings))
+
+        a.pool.keeper.stop()  # a stalls: no more renewals; b takes the slot over
+        wait_for(lambda: metric(apps[1], "taskservice_failovers_total") == 1, timeout=10)
+        gate.open.set()  # a's body ends: its result is refused
+
+        wait_for(
+            lambda: metric(apps[0], 'taskservice_fenced_writes_total{write="finish"}') == 1,
+            timeout=10,
+        )
+        task = apps[1].test_client().get(f"/tasks/{task_id}").json
+        wait_for(
+            lambda: apps[1].test_client().get(f"/tasks/{task_id}").json["status"] == "Completed"
+        )
+        assert task["attempts"] == 2
+    finally:
+        gate.open.set()
+        for app in apps:
+            app.extensions[EXTENSION_KEY].close()
+
+
+def metric(app: Flask, name: str) -> float:
+    """A sample of `name` (with its labels, if any) in the app's /metrics; 0 if absent."""
+    text_format = app.test_client().get("/metrics").get_data(as_text=True)
+    for line in text_format.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
