@@ -77,8 +77,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, start_pool: bool
     shared = database_file is None  # PostgreSQL: any number of replicas
     pool: TaskPool | None = None
     if start_pool:
-        build = build_shared_pool if shared else build_task_pool
-        pool = build(app.config, db, metrics, outbox, replica_id)
+        if shared:
+            pool = build_shared_pool(app.config, db, metrics, outbox, replica_id=replica_id)
+        else:
+            pool = build_task_pool(app.config, db, metrics, outbox)
     service = TaskService(
         db,
         submit=None if pool is None else pool.submit,
@@ -133,7 +135,6 @@ def build_task_pool(
     db: Database,
     metrics: Metrics | None = None,
     outbox: Outbox | None = None,
-    replica_id: str = "",
 ) -> LocalPool:
     """The pool of a SQLite database: its lock and its workers, neither taken nor started yet."""
     lock = pool_lock_for(db, timeout=config["TASKSERVICE_LOCK_TIMEOUT"])
@@ -151,7 +152,8 @@ def build_shared_pool(
     db: Database,
     metrics: Metrics | None = None,
     outbox: Outbox | None = None,
-    replica_id: str = "",
+    *,
+    replica_id: str,
 ) -> SharedPool:
     """The pool of a replica on PostgreSQL: workers claiming from the shared slots, not started.
 

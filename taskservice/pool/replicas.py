@@ -3,19 +3,18 @@
 Each replica writes its row when it starts, touches it with every lease
 renewal (its heartbeat) and deletes it when it stops cleanly. A row whose
 heartbeat is older than FORGET_AFTER is a replica that died: the next one to
-start deletes it. The rows only inform (`/overview`); claims and leases never
-read them.
+start deletes it. Claims and leases never read them: they inform `/overview`
+(which reads them itself) and a starting replica's check of TASKSERVICE_CONCURRENCY.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Interval, Row, Table, bindparam, delete, func, select
+from sqlalchemy import Interval, Table, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -40,7 +39,6 @@ _LEAVE = delete(REPLICAS).where(REPLICAS.c.id == bindparam("replica_id"))
 _FORGET = delete(REPLICAS).where(
     REPLICAS.c.heartbeat_at < NOW - bindparam("older_than", type_=Interval())
 )
-_LIST = select(*REPLICAS.c).order_by(REPLICAS.c.started_at, REPLICAS.c.id)
 _RUNNING_TASKS_SINCE = (
     select(func.count())
     .select_from(REPLICAS)
@@ -72,8 +70,3 @@ def count_live(session: Session, *, within: timedelta) -> int:
     """How many replicas that run tasks have beaten within `within`."""
     count: int = session.execute(_RUNNING_TASKS_SINCE, {"within": within}).scalar_one()
     return count
-
-
-def list_replicas(session: Session) -> Sequence[Row[Any]]:
-    """Every replica the database knows, oldest first."""
-    return session.execute(_LIST).all()
